@@ -1,0 +1,1 @@
+"""Serving side: runtime engines over exported artifacts, batcher, label cache, REST and gRPC."""

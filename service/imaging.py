@@ -1,0 +1,124 @@
+"""Image decoding and preprocessing, shared by training (feature cache) and serving.
+
+Numpy + Pillow only: the serving side must not import torch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# EfficientNet-Lite was trained with TF's (x - 127) / 128 normalisation.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image; the message names the problem."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image declares more pixels than allowed (decompression-bomb guard)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input tensor; recorded in the artifact manifest."""
+
+    size: int = 224
+    resize: str = "squash-bilinear"  # resize both sides to `size`, no crop (as the paper's code)
+    mean: tuple[float, float, float] = field(default=LITE_MEAN)
+    std: tuple[float, float, float] = field(default=LITE_STD)
+    color: str = "RGB"
+
+    def to_manifest(self) -> dict:
+        return {
+            "size": self.size,
+            "resize": self.resize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "color": self.color,
+            "layout": "NCHW",
+            "scale": "pixel / 255",
+        }
+
+    @classmethod
+    def from_manifest(cls, data: dict) -> Preprocessing:
+        if data.get("resize", "squash-bilinear") != "squash-bilinear":
+            raise ValueError(f"unsupported resize rule {data.get('resize')!r}")
+        return cls(
+            size=int(data["size"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
+
+
+def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 224) -> Image.Image:
+    """Decode bytes to an RGB image: header-checked pixel cap, EXIF transpose, first frame.
+
+    JPEGs are decoded in draft mode straight to a scale no smaller than twice `target_size`,
+    which makes large photos cheap.
+    """
+    if not data:
+        raise ImageDecodeError("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height} pixels, "
+                    f"over the limit of {max_pixels}"
+                )
+            if image.format == "JPEG":
+                image.draft("RGB", (2 * target_size, 2 * target_size))
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError("bytes are not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)")
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"image is corrupt or truncated: {exc}") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+        pass
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (palette, CMYK, 16-bit, alpha) to 8-bit RGB on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def preprocess(image: Image.Image, spec: Preprocessing = Preprocessing()) -> np.ndarray:
+    """RGB image -> float32 [3, size, size], normalised."""
+    resized = image.resize((spec.size, spec.size), Image.BILINEAR)
+    array = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)  # [H, W, 3]
+    array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def load_and_preprocess(path: str, spec: Preprocessing = Preprocessing()) -> np.ndarray:
+    """Read a file from disk and preprocess it (training-side convenience)."""
+    with open(path, "rb") as handle:
+        return preprocess(decode_image(handle.read(), target_size=spec.size), spec)
