@@ -9,6 +9,7 @@ Register with `@register_head("name")`; build with `create_head(name, **kwargs)`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable
 
@@ -32,6 +33,9 @@ def _import_all() -> None:
 
 
 def head_class(name: str) -> Callable[..., nn.Module]:
+    if name not in _REGISTRY and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a head usually lives in the module of its name: import just that one
+        importlib.import_module(f"{__name__}.{name}")
     if name not in _REGISTRY:
         _import_all()
     if name not in _REGISTRY:
