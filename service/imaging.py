@@ -5,6 +5,7 @@ Numpy + Pillow only: the serving side must not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -83,13 +84,13 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError("bytes are not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)")
+        raise ImageDecodeError(
+            "bytes are not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"image is corrupt or truncated: {exc}") from None
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
         image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
-        pass
     return to_rgb(image)
 
 

@@ -1,0 +1,195 @@
+"""The model artifact: manifest schema, loading and validation against the graphs.
+
+An artifact directory holds `manifest.json`, `visual.onnx` (`image [N,3,H,W]` -> `groups
+[N,G,D]`), `text.onnx` (`input_ids`, `attention_mask [N,T]` -> `embedding [N,D]`) and
+`tokenizer.json` (see ../shared/ARCHITECTURE.md). Anything missing, unreadable or disagreeing
+with the manifest raises `ArtifactError` with one message naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import ArtifactError
+from service.imaging import Preprocessing
+
+# Graph I/O names fixed by the artifact contract.
+VISUAL_INPUT, VISUAL_OUTPUT = "image", "groups"
+TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "embedding"
+
+
+class _Open(BaseModel):
+    """Manifest sections tolerate extra keys (newer exporters may add fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PreprocessingSpec(_Open):
+    size: int = Field(gt=0)
+    resize: str = "squash-bilinear"
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    color: str = "RGB"
+    layout: str = "NCHW"
+    scale: str = "pixel / 255"
+
+
+class LabelEmbedder(_Open):
+    kind: str
+    model_id: str
+    max_tokens: int = Field(gt=1, description="token limit incl. special tokens; longer -> 422")
+
+
+class ArtifactFiles(_Open):
+    visual: str = "visual.onnx"
+    text: str = "text.onnx"
+    tokenizer: str = "tokenizer.json"
+
+
+class Gflops(_Open):
+    image: float = Field(ge=0, description="GFLOPs of one image through visual.onnx")
+    label: float = Field(ge=0, description="GFLOPs of one label through text.onnx")
+    label_tokens: int = Field(0, ge=0, description="token length `label` was counted at")
+
+
+class Calibration(_Open):
+    kind: Literal["logistic"] = "logistic"
+    a: float
+    b: float
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """p = sigmoid(a * score + b), elementwise."""
+        z = self.a * np.asarray(scores, np.float64) + self.b
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
+
+
+class Manifest(_Open):
+    """`manifest.json` of an artifact."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    created: str = ""
+    backbone: str
+    preprocessing: PreprocessingSpec
+    groups: int = Field(gt=0, description="G, principal vectors per image")
+    dim: int = Field(gt=0, description="D, label-embedding dimension")
+    label_embedder: LabelEmbedder
+    files: ArtifactFiles = Field(default_factory=ArtifactFiles)
+    gflops: Gflops
+    calibration: Calibration | None = None
+    accuracy: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded, file-checked artifact."""
+
+    path: Path
+    manifest: Manifest
+    preprocessing: Preprocessing
+
+    def file(self, role: Literal["visual", "text", "tokenizer"]) -> Path:
+        return self.path / getattr(self.manifest.files, role)
+
+    @property
+    def key(self) -> str:
+        """`name@version`, the label-cache namespace."""
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Read and check `manifest.json` and the presence of every file it names."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(path, "not a directory (set ML2P_MODEL or --model to an artifact)")
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise ArtifactError(path, "manifest.json is missing")
+    try:
+        manifest = Manifest.model_validate(json.loads(manifest_path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(path, f"manifest.json is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ArtifactError(path, f"manifest.json is invalid: {problems}") from None
+    try:
+        preprocessing = Preprocessing.from_manifest(manifest.preprocessing.model_dump())
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(path, f"manifest.json preprocessing: {exc}") from None
+    artifact = Artifact(path=path, manifest=manifest, preprocessing=preprocessing)
+    for role in ("visual", "text", "tokenizer"):
+        if not artifact.file(role).is_file():
+            raise ArtifactError(path, f"{artifact.file(role).name} ({role}) is missing")
+    return artifact
+
+
+# A graph port as the runtime reports it: shape with ints for static dims, None/str for
+# dynamic ones, and an element type string such as "float32" / "int64".
+Port = tuple[tuple[int | str | None, ...], str]
+
+
+def check_signature(
+    artifact: Artifact, role: Literal["visual", "text"],
+    inputs: dict[str, Port], outputs: dict[str, Port],
+) -> None:
+    """Raise ArtifactError when a graph's inputs/outputs disagree with the contract/manifest."""
+    m = artifact.manifest
+    size = artifact.preprocessing.size
+    if role == "visual":
+        expect_in = {VISUAL_INPUT: ((None, 3, size, size), "float32")}
+        expect_out = {VISUAL_OUTPUT: ((None, m.groups, m.dim), "float32")}
+    else:
+        expect_in = {name: ((None, None), "int64") for name in TEXT_INPUTS}
+        expect_out = {TEXT_OUTPUT: ((None, m.dim), "float32")}
+    fname = artifact.file(role).name
+    for kind, expected, actual in (("input", expect_in, inputs), ("output", expect_out, outputs)):
+        for name, (shape, dtype) in expected.items():
+            if name not in actual:
+                raise ArtifactError(
+                    artifact.path,
+                    f"{fname} has no {kind} {name!r} (it has {sorted(actual)}); "
+                    f"the artifact contract requires {name!r}",
+                )
+            got_shape, got_dtype = actual[name]
+            if got_dtype != dtype:
+                raise ArtifactError(
+                    artifact.path, f"{fname} {kind} {name!r} is {got_dtype}, expected {dtype}"
+                )
+            if len(got_shape) != len(shape):
+                raise ArtifactError(
+                    artifact.path,
+                    f"{fname} {kind} {name!r} has rank {len(got_shape)}, expected {len(shape)}",
+                )
+            for axis, (want, got) in enumerate(zip(shape, got_shape, strict=True)):
+                if want is not None and isinstance(got, int) and got != want:
+                    raise ArtifactError(
+                        artifact.path,
+                        f"{fname} {kind} {name!r} axis {axis} is {got} but the manifest "
+                        f"implies {want} (shape {list(got_shape)} vs {_fmt(shape)})",
+                    )
+
+
+def check_output(artifact: Artifact, role: Literal["visual", "text"], shape: tuple) -> None:
+    """Check the concrete output shape of a warm-up run (catches dynamic-dim mismatches)."""
+    m = artifact.manifest
+    want = (m.groups, m.dim) if role == "visual" else (m.dim,)
+    if tuple(shape[1:]) != want:
+        raise ArtifactError(
+            artifact.path,
+            f"{artifact.file(role).name} produced shape {list(shape)}, the manifest implies "
+            f"[N, {', '.join(map(str, want))}]",
+        )
+
+
+def _fmt(shape: tuple) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"

@@ -1,0 +1,53 @@
+"""Scoring: `score = max_g <v_g, w>`, ranking, top-k, threshold, calibrated probability."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.artifact import Calibration
+
+
+@dataclass(frozen=True)
+class Tag:
+    label: str
+    score: float
+    rank: int
+    probability: float | None = None
+
+
+def score(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """groups [B,G,D] x labels [L,D] -> [B,L]: best dot product over the G vectors.
+
+    Each label's score is independent of the others (no softmax over the candidates).
+    """
+    return np.matmul(groups, labels.T).max(axis=1)
+
+
+def scoring_gflops(groups: int, dim: int, n_labels: int) -> float:
+    """Multiply-adds of `score` for one image, 1 MAC = 2 FLOPs."""
+    return 2.0 * groups * dim * n_labels / 1e9
+
+
+def rank(scores: np.ndarray, labels: list[str], *, top_k: int | None = None,
+         threshold: float | None = None, calibration: Calibration | None = None) -> list[Tag]:
+    """One image's scores [L] -> tags sorted by score (rank 1 = best).
+
+    `top_k` keeps the best k; `threshold` then keeps tags whose calibrated probability (or
+    raw score when the model has no calibration) is at least the threshold. Ranks are
+    positions in the full ranking.
+    """
+    order = np.argsort(-scores, kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    values = scores[order].astype(np.float64)
+    probs = calibration.probabilities(values) if calibration is not None else None
+    keep = np.ones(len(order), bool)
+    if threshold is not None:
+        keep = (probs if probs is not None else values) >= threshold
+    return [
+        Tag(labels[order[i]], float(values[i]), int(i) + 1,
+            float(probs[i]) if probs is not None else None)
+        for i in np.flatnonzero(keep)
+    ]

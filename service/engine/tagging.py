@@ -1,0 +1,370 @@
+"""The tagging service: one per process, shared by REST and gRPC.
+
+Owns the runtime engine, the dynamic batcher, the label cache, the vocabularies, readiness and
+drain. API layers call `tag(...)` and the vocabulary methods and translate `ServiceError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from service.engine.batcher import DynamicBatcher
+from service.engine.labels import CleanLabels, LabelCache, LabelEmbedder, clean_labels
+from service.engine.scoring import Tag, rank, score, scoring_gflops
+from service.engine.vocabularies import Vocabulary, VocabularyStore
+from service.errors import (
+    DeadlineExceeded,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    Unavailable,
+)
+from service.imaging import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
+from service.metrics import Metrics
+from service.runtime.base import Engine
+from service.settings import Settings
+
+log = logging.getLogger("ml2p.engine")
+PROCESS_START = time.time()  # module import ~ process start, for the start-up time metric
+_OFFLOAD_MACS = 2_000_000  # scoring bigger than this runs on a worker thread
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    top_k: int | None = None
+    threshold: float | None = None
+    timeout_s: float | None = None  # capped by settings.request_timeout_s
+
+
+@dataclass
+class ImageResult:
+    tags: list[Tag]
+    batch_size: int
+    timings_ms: dict[str, float]  # decode, preprocess, queue, inference, scoring
+    gflops: dict[str, float]  # image, scoring
+
+
+@dataclass
+class TagOutcome:
+    model: dict[str, str]
+    results: list[ImageResult]
+    duplicates_removed: list[str]
+    labels_ms: float
+    labels_gflops: float
+    total_ms: float = 0.0
+    n_labels: int = 0
+    cache_misses: int = 0
+
+    @property
+    def gflops_total(self) -> float:
+        return self.labels_gflops + sum(sum(r.gflops.values()) for r in self.results)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+class TaggingService:
+    """Engine + batcher + label cache + vocabularies, with readiness and graceful drain."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics | None = None):
+        self.settings = settings
+        self.engine = engine
+        self.artifact = engine.artifact
+        self.manifest = engine.artifact.manifest
+        self.metrics = metrics or Metrics(settings.max_batch_size)
+        self.state = State.STARTING
+        self.failure: str | None = None
+        self.vocabularies = VocabularyStore(settings.vocab_dir, settings.builtin_vocabularies)
+        self._preprocess_pool = ThreadPoolExecutor(settings.preprocess_workers,
+                                                   thread_name_prefix="ml2p-pre")
+        self._label_pool = ThreadPoolExecutor(1, thread_name_prefix="ml2p-labels")
+        self.cache = LabelCache(settings.label_cache_size)
+        self.embedder = LabelEmbedder(engine, self.cache, self._label_pool, self.metrics)
+        self.batcher: DynamicBatcher | None = None
+        self._in_flight = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._vocab_tasks: dict[str, asyncio.Future] = {}
+        self._started = False
+        self._listeners: list = []
+        self.metrics.model_info.labels(self.manifest.name, self.manifest.version,
+                                       engine.name).set(1)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the batcher and warm up in the background; `state` turns READY when done."""
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        self.batcher = DynamicBatcher(
+            self.engine.encode_images, max_batch_size=s.max_batch_size,
+            max_queue_delay_s=s.max_queue_delay_ms / 1000.0, max_queue_size=s.max_queue_size,
+            workers=s.inference_workers, retry_after_s=s.retry_after_s,
+            simulate_s=s.inference_delay_ms / 1000.0, metrics=self.metrics)
+        self.batcher.start()
+        self.vocabularies.load()
+        self._warmup_task = asyncio.get_running_loop().create_task(self._warmup())
+
+    def add_listener(self, callback) -> None:
+        """`callback(state)` on every state change (e.g. the gRPC health status)."""
+        self._listeners.append(callback)
+        callback(self.state)
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        for callback in self._listeners:
+            callback(state)
+
+    async def _warmup(self) -> None:
+        try:
+            if self.settings.warmup:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._label_pool, self.engine.warmup)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log
+            self.failure = f"model failed warm-up: {exc}"
+            self._set_state(State.FAILED)
+            log.error(self.failure)
+            return
+        if self.state is State.STARTING:
+            self._set_state(State.READY)
+            self.metrics.startup.set(time.time() - PROCESS_START)
+            log.info("ready: model %s, engine %s", self.artifact.key, self.engine.name)
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Until warm-up has finished (True when READY)."""
+        await asyncio.wait_for(asyncio.shield(self._warmup_task), timeout)
+        return self.state is State.READY
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work, wait for in-flight requests (max `timeout` s). True if drained."""
+        if self.state is not State.FAILED:
+            self._set_state(State.DRAINING)
+        if self.batcher is not None:
+            self.batcher.close_intake()
+        log.info("draining: %d request(s) in flight", self._in_flight)
+        try:
+            await asyncio.wait_for(self._quiet.wait(), timeout)
+            return True
+        except TimeoutError:
+            log.warning("drain timeout: %d request(s) still in flight", self._in_flight)
+            return False
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        self._label_pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
+
+    def check_ready(self) -> None:
+        """Raise Unavailable (with the reason) unless READY."""
+        if self.state is State.READY:
+            return
+        reason = {State.STARTING: "the model is still loading",
+                  State.DRAINING: "the server is shutting down",
+                  State.FAILED: self.failure or "the model failed to load"}[self.state]
+        raise Unavailable(f"not ready: {reason}")
+
+    def _enter(self) -> None:
+        self.check_ready()
+        self._in_flight += 1
+        self._quiet.clear()
+        self.metrics.in_flight.set(self._in_flight)
+
+    def _exit(self) -> None:
+        self._in_flight -= 1
+        self.metrics.in_flight.set(self._in_flight)
+        if self._in_flight == 0:
+            self._quiet.set()
+
+    # --- tagging ---------------------------------------------------------------------------
+    def clean(self, labels: list[str], *, limit: int | None = None,
+              field: str = "labels") -> CleanLabels:
+        """Validate and de-duplicate a label list (limits from the settings)."""
+        return clean_labels(labels, self.engine.tokenizer.normalize,
+                            max_labels=limit or self.settings.max_labels,
+                            max_chars=self.settings.max_label_chars, field=field)
+
+    async def tag(self, images: list[bytes], labels: list[str] | None = None,
+                  vocabulary: str | None = None, options: TagOptions = TagOptions()) -> TagOutcome:
+        """Tag images against caller labels or a stored vocabulary."""
+        start = time.perf_counter()
+        self._enter()
+        try:
+            timeout = min(options.timeout_s or self.settings.request_timeout_s,
+                          self.settings.request_timeout_s)
+            try:
+                async with asyncio.timeout(timeout):
+                    outcome = await self._tag(images, labels, vocabulary, options,
+                                              start + timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"request did not finish within its deadline of {timeout:g}s") from None
+        finally:
+            self._exit()
+        outcome.total_ms = _ms(time.perf_counter() - start)
+        self.metrics.gflops.inc(outcome.gflops_total)
+        return outcome
+
+    async def _tag(self, images: list[bytes], labels: list[str] | None, vocabulary: str | None,
+                   options: TagOptions, deadline: float) -> TagOutcome:
+        if not images:
+            raise InvalidRequest("no image in the request", field="image")
+        if len(images) > self.settings.max_images:
+            raise InvalidRequest(f"{len(images)} images, over the limit of "
+                                 f"{self.settings.max_images}", field="images")
+        if options.top_k is not None and options.top_k < 1:
+            raise InvalidRequest("top_k must be at least 1", field="top_k")
+        if (labels is None) == (vocabulary is None):
+            raise InvalidRequest("send either labels or a vocabulary name (exactly one)",
+                                 field="labels")
+        if labels is not None:
+            clean = self.clean(labels)
+            label_work = self.embedder.embed(clean)
+        else:
+            vocab = self.vocabularies.get(vocabulary)  # type: ignore[arg-type]
+            clean = self._vocab_clean(vocab)
+            label_work = self._vocab_embeddings(vocab)
+        labels_start = time.perf_counter()
+        label_task = asyncio.ensure_future(label_work)
+        try:
+            prepared = await asyncio.gather(*(self._prepare(data, i)
+                                              for i, data in enumerate(images)))
+            assert self.batcher is not None
+            outputs = await self.batcher.submit([p[0] for p in prepared], deadline)
+            matrix, misses = await label_task
+        finally:
+            if not label_task.done():
+                label_task.cancel()
+            elif not label_task.cancelled():
+                label_task.exception()  # retrieved: a label error after an image error
+        labels_s = time.perf_counter() - labels_start
+        groups = np.stack([o.output for o in outputs])
+        scoring_start = time.perf_counter()
+        if groups.size * len(matrix) > _OFFLOAD_MACS:
+            scores = await asyncio.get_running_loop().run_in_executor(
+                self._preprocess_pool, score, groups, matrix)
+        else:
+            scores = score(groups, matrix)
+        calibration = self.manifest.calibration
+        tag_lists = [rank(row, clean.texts, top_k=options.top_k, threshold=options.threshold,
+                          calibration=calibration) for row in scores]
+        scoring_s = (time.perf_counter() - scoring_start) / len(images)
+        self._observe(labels=labels_s, scoring=scoring_s * len(images))
+        m = self.manifest
+        per_image_scoring = scoring_gflops(m.groups, m.dim, len(clean.texts))
+        results = [
+            ImageResult(
+                tags=tags, batch_size=out.batch_size,
+                timings_ms={"decode": _ms(pre[1]), "preprocess": _ms(pre[2]),
+                            "queue": _ms(out.queue_s), "inference": _ms(out.inference_s),
+                            "scoring": _ms(scoring_s)},
+                gflops={"image": m.gflops.image, "scoring": per_image_scoring})
+            for tags, pre, out in zip(tag_lists, prepared, outputs, strict=True)
+        ]
+        return TagOutcome(
+            model={"name": m.name, "version": m.version}, results=results,
+            duplicates_removed=clean.duplicates, labels_ms=_ms(labels_s),
+            labels_gflops=m.gflops.label * misses, n_labels=len(clean.texts),
+            cache_misses=misses)
+
+    async def _prepare(self, data: bytes, index: int) -> tuple[np.ndarray, float, float]:
+        loop = asyncio.get_running_loop()
+        array, decode_s, preprocess_s = await loop.run_in_executor(
+            self._preprocess_pool, self._decode_and_preprocess, data, index)
+        self._observe(decode=decode_s, preprocess=preprocess_s)
+        return array, decode_s, preprocess_s
+
+    def _decode_and_preprocess(self, data: bytes, index: int) -> tuple[np.ndarray, float, float]:
+        field = "image" if index == 0 else f"images[{index}]"
+        t0 = time.perf_counter()
+        spec = self.artifact.preprocessing
+        try:
+            image = decode_image(data, max_pixels=self.settings.max_pixels, target_size=spec.size)
+        except ImageTooLargeError as exc:
+            raise ImageTooLarge(str(exc), field=field) from None
+        except ImageDecodeError as exc:
+            raise InvalidImage(str(exc), field=field) from None
+        t1 = time.perf_counter()
+        array = preprocess(image, spec)
+        return array, t1 - t0, time.perf_counter() - t1
+
+    def _observe(self, **stages: float) -> None:
+        for stage, seconds in stages.items():
+            self.metrics.stage_duration.labels(stage=stage).observe(seconds)
+
+    # --- vocabularies ----------------------------------------------------------------------
+    def _vocab_clean(self, vocab: Vocabulary) -> CleanLabels:
+        if vocab.clean is None:
+            vocab.clean = self.clean(vocab.labels, limit=max(len(vocab.labels), 1),
+                                     field="vocabulary")
+        return vocab.clean
+
+    async def _vocab_embeddings(self, vocab: Vocabulary) -> tuple[np.ndarray, int]:
+        """The vocabulary's label matrix, embedded once (shared by concurrent requests)."""
+        if vocab.embeddings is not None:
+            return vocab.embeddings, 0
+        task = self._vocab_tasks.get(vocab.name)
+        if task is None or task.cancelled():
+            task = asyncio.ensure_future(self.embedder.embed(self._vocab_clean(vocab)))
+            self._vocab_tasks[vocab.name] = task
+        matrix, misses = await asyncio.shield(task)  # a timed-out request keeps the work
+        vocab.embeddings = matrix
+        self._vocab_tasks.pop(vocab.name, None)
+        return matrix, misses
+
+    async def put_vocabulary(self, name: str,
+                             labels: list[str]) -> tuple[Vocabulary, bool, list[str]]:
+        """Validate (limits, token lengths) and store; embedding starts in the background.
+
+        Returns the vocabulary, whether it is new, and the duplicate labels dropped.
+        """
+        self.check_ready()
+        clean = self.clean(labels, limit=self.settings.max_vocabulary_labels)
+        await asyncio.get_running_loop().run_in_executor(
+            self._preprocess_pool, self.engine.tokenizer.check, clean.texts)
+        vocab, created = self.vocabularies.put(name, clean.texts)
+        vocab.clean = clean
+        self._vocab_tasks.pop(name, None)
+        task = asyncio.ensure_future(self._vocab_embeddings(vocab))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no stray warning
+        return vocab, created, clean.duplicates
+
+    def delete_vocabulary(self, name: str) -> None:
+        self.check_ready()
+        self.vocabularies.delete(name)
+        self._vocab_tasks.pop(name, None)
+
+    def describe(self) -> dict:
+        """What `/v1/models` reports."""
+        m = self.manifest
+        return {
+            "name": m.name, "version": m.version, "engine": self.engine.name,
+            "engine_details": self.engine.describe(), "state": self.state.value,
+            "backbone": m.backbone, "groups": m.groups, "dim": m.dim,
+            "input_size": self.artifact.preprocessing.size,
+            "label_embedder": m.label_embedder.model_dump(),
+            "gflops": m.gflops.model_dump(), "calibrated": m.calibration is not None,
+            "accuracy": m.accuracy, "created": m.created,
+            "vocabularies": self.vocabularies.names(),
+        }

@@ -1,0 +1,113 @@
+"""ONNX Runtime engine: CPU provider by default; CUDA / TensorRT with `onnxruntime-gpu`.
+
+The GPU path (`engine=onnxruntime-gpu`) cannot be exercised on the CPU-only machines here:
+it only builds the provider list (TensorRT -> CUDA -> CPU fallback) and is otherwise the
+same code as the CPU path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+from service.artifact import (
+    TEXT_INPUTS,
+    TEXT_OUTPUT,
+    VISUAL_INPUT,
+    VISUAL_OUTPUT,
+    Artifact,
+    Port,
+    check_signature,
+)
+from service.errors import ArtifactError
+from service.runtime.base import Engine, EngineUnavailable
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
+          "tensor(int32)": "int32"}
+
+
+def providers_for(settings: Settings) -> list:
+    """Execution providers for the configured engine, best first."""
+    if settings.engine == "onnxruntime-cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise EngineUnavailable(
+            f"engine {settings.engine!r} needs onnxruntime-gpu with CUDA "
+            f"(this onnxruntime has {available}); use engine=onnxruntime-cpu"
+        )
+    device = {"device_id": settings.device_id}
+    providers: list = []
+    if "TensorrtExecutionProvider" in available:
+        trt = {**device, "trt_fp16_enable": settings.fp16}
+        if settings.trt_cache_dir is not None:
+            settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            trt |= {"trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(settings.trt_cache_dir)}
+        providers.append(("TensorrtExecutionProvider", trt))
+    providers += [("CUDAExecutionProvider", device), "CPUExecutionProvider"]
+    return providers
+
+
+def _ports(args: list) -> dict[str, Port]:
+    return {a.name: (tuple(a.shape), _TYPES.get(a.type, a.type)) for a in args}
+
+
+class OnnxRuntimeEngine(Engine):
+    """Two InferenceSessions (visual, text) sharing one set of session options."""
+
+    def __init__(self, artifact: Artifact, settings: Settings) -> None:
+        super().__init__(artifact, settings)
+        self.name = settings.engine
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _LEVELS[settings.graph_optimization]
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.inter_op_num_threads = settings.inter_op_threads
+        options.enable_cpu_mem_arena = settings.memory_arena
+        options.log_severity_level = 3
+        self._providers = providers_for(settings)
+        self.visual = self._session(artifact, "visual", options)
+        self.text = self._session(artifact, "text", options)
+        self._text_inputs = [i.name for i in self.text.get_inputs()]
+
+    def _session(self, artifact: Artifact, role: str, options: ort.SessionOptions):
+        path = artifact.file(role)  # type: ignore[arg-type]
+        try:
+            session = ort.InferenceSession(str(path), options, providers=self._providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several undocumented types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+            raise ArtifactError(
+                artifact.path, f"{path.name} cannot be loaded by ONNX Runtime: {first_line}"
+            ) from None
+        check_signature(artifact, role, _ports(session.get_inputs()),  # type: ignore[arg-type]
+                        _ports(session.get_outputs()))
+        return session
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        return self.visual.run([VISUAL_OUTPUT], {VISUAL_INPUT: batch})[0]
+
+    def _encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = dict(zip(TEXT_INPUTS, (input_ids, attention_mask), strict=True))
+        for name in self._text_inputs:  # e.g. token_type_ids in a plain BERT export
+            feeds.setdefault(name, np.zeros_like(input_ids))
+        return self.text.run([TEXT_OUTPUT], feeds)[0]
+
+    def describe(self) -> dict:
+        return {
+            "engine": self.name,
+            "providers": self.visual.get_providers(),
+            "onnxruntime": ort.__version__,
+            "intra_op_threads": self.settings.intra_op_threads,
+            "graph_optimization": self.settings.graph_optimization,
+        }

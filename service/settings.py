@@ -1,0 +1,96 @@
+"""Every serving setting in one place.
+
+Each field is an `ML2P_<NAME>` environment variable (e.g. `ML2P_HTTP_PORT=8080`); `ml2p serve`
+flags override the environment. The defaults below are the documented defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EngineName = Literal["onnxruntime-cpu", "onnxruntime-gpu", "torch"]
+
+
+class Settings(BaseSettings):
+    """Serving settings (`ML2P_*` environment variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="ML2P_", extra="ignore", frozen=True)
+
+    # --- network --------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="bind address of both servers")
+    http_port: int = Field(8000, ge=0, le=65535, description="REST port (0 = disabled)")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = disabled)")
+
+    # --- model and engine -----------------------------------------------------------------
+    model: Path = Field(Path("models/zoo/default"), description="model artifact directory")
+    engine: EngineName = Field("onnxruntime-cpu", description="runtime engine")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    memory_arena: bool = Field(True, description="ONNX Runtime CPU memory arena")
+    device_id: int = Field(0, ge=0, description="GPU ordinal for the GPU engines")
+    fp16: bool = Field(False, description="fp16 on GPU engines (TensorRT / torch)")
+    trt_cache_dir: Path | None = Field(None, description="TensorRT engine cache (GPU engine)")
+    warmup: bool = Field(True, description="run one batch through both graphs before ready")
+
+    # --- batching -------------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, le=1024, description="images per inference batch")
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, description="longest wait for a batch to fill while another batch runs"
+    )
+    max_queue_size: int = Field(256, ge=1, description="queued images before 429")
+    inference_workers: int = Field(1, ge=1, le=16, description="batches run concurrently")
+    preprocess_workers: int = Field(2, ge=1, le=64, description="decode/preprocess threads")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429")
+    inference_delay_ms: float = Field(
+        0.0, ge=0, description="testing/benchmarks only: sleep added to every image batch"
+    )
+
+    # --- limits ---------------------------------------------------------------------------
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body (413)")
+    max_pixels: int = Field(50_000_000, ge=1, description="declared image pixels (413)")
+    max_images: int = Field(32, ge=1, description="images per batch request (422)")
+    max_labels: int = Field(1000, ge=1, description="labels per request (422)")
+    max_label_chars: int = Field(200, ge=1, description="characters per label (422)")
+    max_vocabulary_labels: int = Field(20000, ge=1, description="labels per vocabulary (422)")
+
+    # --- label side -----------------------------------------------------------------------
+    label_cache_size: int = Field(100_000, ge=0, description="cached label embeddings (LRU)")
+    vocab_dir: Path = Field(
+        Path.home() / ".cache" / "ml2p" / "vocabularies", description="stored vocabularies"
+    )
+    builtin_vocabularies: bool = Field(True, description="serve nus-wide-81, voc-20, imagenet-1k")
+
+    # --- operations -----------------------------------------------------------------------
+    api_key: SecretStr | None = Field(None, description="Bearer key for tag/vocabulary/models")
+    drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: wait for in-flight work")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def overridden(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (None values are ignored), validated again."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return type(self).model_validate(data)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process settings from the environment (FastAPI dependency default)."""
+    return Settings()
