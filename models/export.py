@@ -1,0 +1,523 @@
+"""Export a trained Tagger to the model artifact the service loads (see ../shared/ARCHITECTURE.md).
+
+`export_artifact(checkpoint, out_dir)` writes:
+- `visual.onnx`: `image` float32 [N,3,H,W] → `groups` float32 [N,G,D] (backbone + head), dynamic
+  batch, opset 17, TorchScript exporter, then constant folding / dead-code removal by onnxscript's
+  optimizer, checked with `onnx.checker` (full check);
+- `text.onnx`: `input_ids`, `attention_mask` int64 [N,T] → `embedding` float32 [N,D]: MiniLM
+  (token_type_ids = zeros inside the graph), masked mean pool, L2-normalise, the model's label
+  transform (centring mean, projection to D, re-normalise); dynamic N and T;
+- `tokenizer.json`: MiniLM's tokenizer with truncation and fixed padding removed (the service
+  pads to the longest label and rejects labels over `label_embedder.max_tokens`);
+- `tagger.pt`: the checkpoint itself (head + label transform, a few MB) for the torch engine;
+- optional `visual.fp16.onnx` (fp16 weights and compute, float32 I/O) and `visual.int8.onnx`
+  (static QDQ int8, calibrated on real images), each with top-5 agreement and speed;
+- `manifest.json` (schema: `service.artifact.Manifest`), GFLOPs counted from the graphs by
+  `models.flops.count_flops` (1 multiply-add = 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+OPSET = 17
+VARIANT_NOTES = {
+    "fp32": "float32 (reference)",
+    "fp16": "float16 weights and compute, float32 I/O",
+    "int8": "backbone int8 QDQ (per-channel weights, uint8 activations, MinMax calibration on "
+            "32 VOC train images); head float32",
+}
+FORMAT = "ml2p-artifact/1"
+FLOPS_NOTE = ("1 multiply-add = 2 FLOPs; counted from the exported graphs: Conv/MatMul/Gemm "
+              "(attention matmuls included); elementwise ops, pooling and normalisation not "
+              "included (given apart as elementwise_gflops)")
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_tagger(checkpoint):  # noqa: ANN001, ANN201 - path or Tagger
+    """A Tagger from a checkpoint path (or the Tagger itself), eval mode, backbone attached."""
+    from models.tagger import Tagger, load_checkpoint
+
+    tagger = checkpoint if isinstance(checkpoint, Tagger) else load_checkpoint(checkpoint)
+    if tagger.backbone is None:
+        tagger.attach_backbone()
+    return tagger.eval()
+
+
+# ------------------------------------------------------------------ graphs
+
+
+def _optimize(model):  # noqa: ANN001, ANN202 - onnx.ModelProto
+    """Constant folding + dead-code elimination (onnxscript optimizer), checked afterwards."""
+    import onnx
+
+    try:
+        import onnxscript.optimizer
+
+        folded = onnxscript.optimizer.optimize(model)
+    except Exception as exc:  # noqa: BLE001 - the unoptimised graph is still correct
+        log.warning("onnxscript optimizer failed (%s); keeping the exporter's folded graph", exc)
+        folded = model
+    onnx.checker.check_model(folded, full_check=True)
+    return folded
+
+
+def export_visual(tagger, path: str | Path, opset: int = OPSET) -> Path:  # noqa: ANN001
+    """Backbone + head → `visual.onnx` (`image` → `groups`), dynamic batch axis."""
+    import onnx
+    import torch
+
+    from models.inference import VisualModule
+
+    path = Path(path)
+    size = int(tagger.config.get("input_size", 224))
+    module = VisualModule(tagger).eval()
+    example = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["groups"],
+                          dynamic_axes={"image": {0: "N"}, "groups": {0: "N"}},
+                          do_constant_folding=True)
+    onnx.save(_optimize(onnx.load(str(path))), str(path))
+    return path
+
+
+def export_text(tagger, path: str | Path, embedder=None, opset: int = OPSET) -> Path:  # noqa: ANN001
+    """MiniLM + pooling + label transform → `text.onnx`, dynamic batch and sequence axes."""
+    import onnx
+    import torch
+
+    from models.inference import text_module_for
+
+    path = Path(path)
+    module = text_module_for(tagger, embedder)
+    # two rows of unequal length so padding/masking is traced as in serving
+    ids = torch.tensor([[101, 3899, 2795, 102], [101, 4937, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    with torch.no_grad():
+        torch.onnx.export(module, (ids, mask), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input_ids", "attention_mask"],
+                          output_names=["embedding"],
+                          dynamic_axes={"input_ids": {0: "N", 1: "T"},
+                                        "attention_mask": {0: "N", 1: "T"},
+                                        "embedding": {0: "N"}},
+                          do_constant_folding=True)
+    onnx.save(_optimize(onnx.load(str(path))), str(path))
+    return path
+
+
+def write_tokenizer(src: str | Path, dst: str | Path) -> Path:
+    """Copy tokenizer.json without truncation and with pad-to-longest padding."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src))
+    tok.no_truncation()
+    tok.no_padding()
+    tok.save(str(dst))
+    return Path(dst)
+
+
+# ------------------------------------------------------------------ vocabulary helpers
+
+
+def emojitags_labels() -> tuple[list[str], str]:
+    """EmojiTags label names: the built dataset's labels.json when present, else the labels
+    the committed split file names (its protected, forced-unseen and unseen keywords)."""
+    import os
+
+    cache = Path(os.environ.get("ML2P_CACHE_DIR", Path.home() / ".cache" / "ml2p"))
+    built = Path(os.environ.get("ML2P_EMOJITAGS_ROOT", cache / "emojitags")) / "labels.json"
+    if built.exists():
+        return list(json.loads(built.read_text())["label_names"]), "EmojiTags labels.json"
+    split_file = ASSETS / "emojitags_split.json"
+    if not split_file.exists():
+        return [], "no EmojiTags labels"
+    split = json.loads(split_file.read_text())
+    names = sorted({*split.get("protected", []), *split.get("forced_unseen", []),
+                    *split.get("unseen", [])})
+    return names, "EmojiTags split file (labels.json not built)"
+
+
+def vocabulary_texts() -> tuple[list[str], str]:
+    """VOC label texts + EmojiTags labels, deduplicated in order; and where they came from."""
+    voc = json.loads((ASSETS / "voc_classes.json").read_text())
+    emoji, source = emojitags_labels()
+    texts = list(dict.fromkeys([c["label"] for c in voc["classes"]] + emoji))
+    return texts, f"VOC voc_classes.json + {source}"
+
+
+def median_token_length(tokenizer_path: str | Path, texts: Sequence[str]) -> int:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.no_truncation()
+    tok.no_padding()
+    lengths = [len(e.ids) for e in tok.encode_batch(list(texts))]
+    return int(round(statistics.median(lengths)))
+
+
+def tokenize(tokenizer_path: str | Path, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Serving-identical tokenisation: pad to the longest with [PAD], mask 1 on real tokens."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.no_truncation()
+    tok.no_padding()
+    enc = tok.encode_batch(list(texts))
+    width = max(len(e.ids) for e in enc)
+    ids = np.zeros((len(enc), width), np.int64)
+    mask = np.zeros((len(enc), width), np.int64)
+    pad = tok.token_to_id("[PAD]") or 0
+    ids[:] = pad
+    for i, e in enumerate(enc):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    return ids, mask
+
+
+def sample_images(n: int, split: str = "val", offset: int = 0, seed: int = 0) -> np.ndarray:
+    """`n` real VOC images through service.imaging (random images if VOC is not present)."""
+    from service.imaging import Preprocessing, load_and_preprocess
+
+    root = _voc_root() / "images" / split
+    paths = sorted(root.glob("*.jpg"))[offset: offset + n] if root.is_dir() else []
+    if len(paths) < n:
+        log.warning("VOC images not found under %s; using random images", root)
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
+    spec = Preprocessing()
+    return np.stack([load_and_preprocess(str(p), spec) for p in paths])
+
+
+def _voc_root() -> Path:
+    import os
+
+    return Path(os.environ.get("ML2P_VOC_ROOT", REPO.parent / "shared" / "data" / "voc2007"))
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def fit_calibration(scores, targets, iters: int = 100) -> dict:  # noqa: ANN001
+    """Logistic fit p = sigmoid(a·score + b) by Newton's method on (score, 0/1 target) pairs;
+    targets < 0 (unknown) are dropped. Returns {"kind", "a", "b", "n", "positives", "nll"}."""
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(targets, np.float64).ravel()
+    keep = y >= 0
+    s, y = s[keep], y[keep]
+    if s.size == 0 or y.min() == y.max():
+        raise ValueError("calibration needs both positive and negative targets")
+    w = np.zeros(2)  # [a, b]
+    x = np.stack([s, np.ones_like(s)], 1)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    z = x @ w
+    nll = float(np.mean(np.logaddexp(0, z) - y * z))
+    return {"kind": "logistic", "a": float(w[0]), "b": float(w[1]), "n": int(s.size),
+            "positives": int(y.sum()), "nll": nll}
+
+
+def _calibration_arrays(data) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    if isinstance(data, str | Path):
+        with np.load(data) as z:
+            return z["scores"], z["targets"]
+    if isinstance(data, Mapping):
+        return np.asarray(data["scores"]), np.asarray(data["targets"])
+    scores, targets = data
+    return np.asarray(scores), np.asarray(targets)
+
+
+# ------------------------------------------------------------------ variants
+
+
+def make_fp16(src: str | Path, dst: str | Path) -> Path:
+    """fp16 weights and compute, float32 graph inputs/outputs (casts at the edges)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    _toposort(model.graph)  # the converter appends its input casts at the end
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
+def _toposort(graph) -> None:  # noqa: ANN001 - onnx.GraphProto, sorted in place
+    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or a dangling input")
+        for n in ready:
+            produced.update(n.output)
+        ordered += ready
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def make_int8(src: str | Path, dst: str | Path, calibration_images: np.ndarray) -> Path:
+    """Static int8 QDQ of the backbone (per-channel int8 weights, uint8 activations, MinMax
+    calibrated on real images); the head stays fp32 (small, and its ranking is sensitive)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"image": calibration_images[i: i + 8]}
+                            for i in range(0, len(calibration_images), 8)])
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.it, None)
+
+    dst = Path(dst)
+    pre = dst.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        import onnx
+
+        head = [n.name for n in onnx.load(str(pre)).graph.node
+                if re.search(r"(^|/)head/", n.name)]
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, nodes_to_exclude=head)
+    finally:
+        pre.unlink(missing_ok=True)
+    return dst
+
+
+def session(path: str | Path, threads: int = 1):  # noqa: ANN201
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def scores_of(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """score[b, l] = max_g ⟨groups[b, g], labels[l]⟩."""
+    return np.einsum("bgd,ld->bgl", groups, labels).max(1)
+
+
+def top5_agreement(a: np.ndarray, b: np.ndarray, k: int = 5) -> dict:
+    """Share of images whose top-k label *sets* agree, and the mean overlap."""
+    ta = np.argsort(-a, 1)[:, :k]
+    tb = np.argsort(-b, 1)[:, :k]
+    same = [set(x) == set(y) for x, y in zip(ta, tb, strict=True)]
+    overlap = [len(set(x) & set(y)) / k for x, y in zip(ta, tb, strict=True)]
+    return {"top5_identical": float(np.mean(same)), "top5_overlap": float(np.mean(overlap))}
+
+
+def time_session(sess, images: np.ndarray, batch: int, runs: int) -> dict:  # noqa: ANN001
+    x = np.ascontiguousarray(images[:batch])
+    if len(x) < batch:
+        x = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
+    sess.run(None, {"image": x})  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {"image": x})
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"batch": batch, "runs": runs, "median_ms": 1000 * med,
+            "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
+            "images_per_s": batch / med}
+
+
+# ------------------------------------------------------------------ the artifact
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return None
+
+
+def _load_json(value) -> dict:  # noqa: ANN001
+    if value is None:
+        return {}
+    if isinstance(value, str | Path):
+        return json.loads(Path(value).read_text())
+    return dict(value)
+
+
+def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,  # noqa: ANN001
+                    variants: Sequence[str] = ("fp16", "int8"), *, accuracy=None,  # noqa: ANN001
+                    provenance: Mapping | None = None, agreement_images: np.ndarray | None = None,
+                    calibration_images: np.ndarray | None = None, name: str | None = None,
+                    version: str | None = None, embedder=None,  # noqa: ANN001
+                    timing_runs: int = 10) -> Path:
+    """Write the artifact directory for `checkpoint_path` (a checkpoint file or a Tagger).
+
+    calibration_data: validation (scores, targets) — a dict with `scores`/`targets`, a tuple, or
+      an .npz path; targets 1/0 (−1 ignored). None → no calibration in the manifest.
+    accuracy: the trainer's eval JSON (dict or path), stored as the manifest's `accuracy`.
+    agreement_images / calibration_images: float32 [N,3,H,W] for the variants' top-5 agreement
+      and int8 calibration (default: 32 VOC images/val and 32 VOC images/train; random images
+      when VOC is not present).
+    """
+    import onnx
+    import torch
+
+    from models.label_embedders import embedder_from_config
+    from models.tagger import Tagger, save_checkpoint
+    from service.imaging import Preprocessing
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tagger = load_tagger(checkpoint_path)
+    cfg = tagger.config
+    embedder = embedder or embedder_from_config(cfg["embedder"])
+    size = int(cfg.get("input_size", 224))
+
+    # the checkpoint travels with the artifact (torch engine)
+    if isinstance(checkpoint_path, Tagger):
+        save_checkpoint(tagger, out / "tagger.pt", history=getattr(tagger, "history", None),
+                        provenance=getattr(tagger, "provenance", None))
+    elif Path(checkpoint_path).resolve() != (out / "tagger.pt").resolve():
+        shutil.copyfile(checkpoint_path, out / "tagger.pt")
+
+    with torch.no_grad():
+        export_visual(tagger, out / "visual.onnx")
+        export_text(tagger, out / "text.onnx", embedder)
+    write_tokenizer(embedder.tokenizer_path, out / "tokenizer.json")
+    t_graphs = time.perf_counter() - t_start
+
+    # graph checks + output dims from the graphs themselves
+    vis = onnx.load(str(out / "visual.onnx"))
+    out_dims = [d.dim_value for d in vis.graph.output[0].type.tensor_type.shape.dim]
+    groups, dim = int(out_dims[1]), int(out_dims[2])
+
+    # GFLOPs counted from the graphs
+    from models.flops import count_flops
+
+    vocab, vocab_source = vocabulary_texts()
+    label_tokens = median_token_length(out / "tokenizer.json", vocab)
+    f_img = count_flops(vis, {"image": (1, 3, size, size)})
+    f_lab = count_flops(out / "text.onnx", {"input_ids": (1, label_tokens),
+                                           "attention_mask": (1, label_tokens)})
+
+    manifest: dict = {
+        "format": FORMAT,
+        "name": name or cfg.get("name", "ml2p"),
+        "version": version or str(cfg.get("version", "0.1.0")),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "backbone": cfg["backbone"],
+        "head": cfg["head"],
+        "input_size": size,
+        "preprocessing": Preprocessing(size=size).to_manifest(),
+        "groups": groups,
+        "dim": dim,
+        "label_embedder": {**embedder.to_config(), "embed_dim": int(cfg["embed_dim"]),
+                           "max_tokens": int(getattr(embedder, "max_length", 256)),
+                           "pooling": "mean over attention mask, L2-normalised",
+                           "label_transform": "normalize(P · normalize(e − μ))"},
+        "files": {"visual": "visual.onnx", "text": "text.onnx", "tokenizer": "tokenizer.json",
+                  "checkpoint": "tagger.pt"},
+        "io": {"visual": {"inputs": {"image": ["N", 3, size, size]},
+                          "outputs": {"groups": ["N", groups, dim]}},
+               "text": {"inputs": {"input_ids": ["N", "T"], "attention_mask": ["N", "T"]},
+                        "outputs": {"embedding": ["N", dim]}},
+               "opset": OPSET},
+        "gflops": {"image": f_img.gflops, "label": f_lab.gflops, "label_tokens": label_tokens,
+                   "label_tokens_rule": f"median token length (incl. [CLS]/[SEP]) of the VOC + "
+                                        f"EmojiTags vocabulary ({len(vocab)} labels: "
+                                        f"{vocab_source})",
+                   "image_elementwise": f_img.elementwise_flops / 1e9,
+                   "label_elementwise": f_lab.elementwise_flops / 1e9,
+                   "scoring_per_label_per_image": 2 * groups * dim / 1e9,
+                   "convention": FLOPS_NOTE},
+        "calibration": None,
+        "accuracy": _load_json(accuracy),
+        "provenance": {**(getattr(tagger, "provenance", None) or {}), **dict(provenance or {}),
+                       "export_commit": _git_commit(),
+                       "exporter": f"torch {torch.__version__} TorchScript exporter, onnx "
+                                   f"{onnx.__version__}, opset {OPSET}"},
+        "variants": {},
+    }
+    if calibration_data is not None:
+        manifest["calibration"] = fit_calibration(*_calibration_arrays(calibration_data))
+
+    # fp32 reference on real images, label set for agreement
+    if agreement_images is None:
+        agreement_images = sample_images(32, "val")
+    if calibration_images is None and "int8" in variants:
+        calibration_images = sample_images(32, "train")
+    labels = vocab[:200]
+    ids, mask = tokenize(out / "tokenizer.json", labels)
+    label_vecs = session(out / "text.onnx").run(None, {"input_ids": ids,
+                                                       "attention_mask": mask})[0]
+    fp32 = session(out / "visual.onnx")
+    ref = fp32.run(None, {"image": agreement_images})[0]
+    ref_scores = scores_of(ref, label_vecs)
+    entries = {"fp32": ("visual.onnx", fp32)}
+    for variant in variants:
+        path = out / f"visual.{variant}.onnx"
+        if variant == "fp16":
+            make_fp16(out / "visual.onnx", path)
+        elif variant == "int8":
+            make_int8(out / "visual.onnx", path, calibration_images)
+        else:
+            raise ValueError(f"unknown variant {variant!r} (fp16, int8)")
+        entries[variant] = (path.name, session(path))
+    for variant, (fname, sess) in entries.items():
+        got = sess.run(None, {"image": agreement_images})[0]
+        manifest["variants"][variant] = {
+            "file": fname,
+            "precision": VARIANT_NOTES[variant],
+            "agreement": {**top5_agreement(ref_scores, scores_of(got, label_vecs)),
+                          "max_abs_diff_groups": float(np.abs(got - ref).max()),
+                          "images": int(len(agreement_images)), "labels": len(labels),
+                          "reference": "visual.onnx (fp32)"},
+            "speed_cpu_1_thread": {"batch1": time_session(sess, agreement_images, 1,
+                                                          timing_runs)},
+        }
+    manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+    manifest["export_graph_seconds"] = round(t_graphs, 1)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    _validate(out)
+    log.info("artifact %s written in %.0f s", out, manifest["export_seconds"])
+    return out
+
+
+def _validate(out: Path) -> None:
+    """Round trip through the service's own loader, when it is importable."""
+    try:
+        from service.artifact import load_artifact
+    except ImportError:
+        return
+    load_artifact(out)

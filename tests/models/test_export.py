@@ -1,0 +1,205 @@
+"""Export: an untrained small Tagger → artifact dir; graphs load in onnxruntime with the contract's
+names and shapes; manifest fields; FLOP counter against hand counts; broken artifacts refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from models.flops import count_flops
+
+torch.set_num_threads(1)
+
+SMALL = {"name": "tiny", "version": "0.0.1", "backbone": "efficientnet_lite0", "head": "ml2p",
+         "head_kwargs": {"groups": 3, "widths": [16, 16, 32]}, "embedder": {"kind": "minilm"},
+         "dim": 24, "label_projection": True}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from models.export import export_artifact
+    from models.tagger import build_tagger, save_checkpoint
+
+    torch.manual_seed(0)
+    tagger = build_tagger(SMALL).eval()
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = save_checkpoint(tagger, tmp / "ckpt.pt")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    scores = rng.normal(size=400)
+    targets = (scores + rng.normal(size=400) > 0.5).astype(np.int8)
+    out = export_artifact(ckpt, tmp / "art", calibration_data={"scores": scores,
+                                                               "targets": targets},
+                          accuracy={"voc2007": {"zsl": {"map": 0.5}}},
+                          agreement_images=images, calibration_images=images, timing_runs=2)
+    return out, tagger, images
+
+
+def test_files_and_graph_io(artifact):
+    import onnxruntime as ort
+
+    out, tagger, images = artifact
+    for name in ("manifest.json", "visual.onnx", "text.onnx", "tokenizer.json", "tagger.pt",
+                 "visual.fp16.onnx", "visual.int8.onnx"):
+        assert (out / name).is_file(), name
+    vis = ort.InferenceSession(str(out / "visual.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in vis.get_inputs()] == ["image"]
+    assert vis.get_inputs()[0].shape[1:] == [3, 224, 224]
+    assert isinstance(vis.get_inputs()[0].shape[0], str)  # dynamic batch
+    assert [o.name for o in vis.get_outputs()] == ["groups"]
+    got = vis.run(None, {"image": images[:3]})[0]
+    assert got.shape == (3, 3, 24) and got.dtype == np.float32
+    with torch.no_grad():
+        ref = tagger.encode_images(torch.from_numpy(images[:3])).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+
+    txt = ort.InferenceSession(str(out / "text.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in txt.get_inputs()] == ["input_ids", "attention_mask"]
+    assert [o.name for o in txt.get_outputs()] == ["embedding"]
+    from models.export import tokenize
+
+    ids, mask = tokenize(out / "tokenizer.json", ["dog", "a red double decker bus"])
+    emb = txt.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert emb.shape == (2, 24)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    model = onnx.load(str(out / "visual.onnx"))
+    assert model.opset_import[0].version >= 17
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_tokenizer_has_no_truncation(artifact):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(artifact[0] / "tokenizer.json"))
+    assert tok.truncation is None
+    assert len(tok.encode(" ".join(["word"] * 400)).ids) == 402
+
+
+def test_manifest(artifact):
+    out = artifact[0]
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["name"], m["version"], m["backbone"]) == ("tiny", "0.0.1", "efficientnet_lite0")
+    assert (m["groups"], m["dim"]) == (3, 24)
+    assert m["preprocessing"]["size"] == 224 and len(m["preprocessing"]["mean"]) == 3
+    assert m["label_embedder"]["kind"] == "minilm" and m["label_embedder"]["max_tokens"] == 256
+    assert m["files"]["visual"] == "visual.onnx"
+    g = m["gflops"]
+    assert 0.5 < g["image"] < 2.0  # Lite0 ≈ 0.8 GFLOPs + the small head
+    assert 0.01 < g["label"] < 0.5 and g["label_tokens"] >= 3
+    cal = m["calibration"]
+    assert cal["kind"] == "logistic" and cal["a"] > 0
+    assert m["accuracy"] == {"voc2007": {"zsl": {"map": 0.5}}}
+    assert m["provenance"]["exporter"].startswith("torch")
+    assert set(m["variants"]) == {"fp32", "fp16", "int8"}
+    fp16 = m["variants"]["fp16"]["agreement"]
+    assert fp16["max_abs_diff_groups"] < 0.05 and 0 <= fp16["top5_overlap"] <= 1
+
+
+def test_gflops_match_a_hand_count(artifact):
+    """Lite0 trunk + head, hand-checked against the per-op breakdown: the conv MACs alone."""
+    out = artifact[0]
+    report = count_flops(out / "visual.onnx", {"image": (2, 3, 224, 224)})
+    single = json.loads((out / "manifest.json").read_text())["gflops"]["image"]
+    assert report.gflops == pytest.approx(2 * single, rel=1e-9)  # linear in the batch
+    # the stem alone: 3→32, 3×3, stride 2, 112×112 output
+    stem = 112 * 112 * 32 * 3 * 3 * 3 * 2
+    assert report.by_op["Conv"] > 2 * stem
+
+
+def _graph(nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_flop_counter_on_hand_graph():
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    wg = onnx.numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "wg")
+    m2 = onnx.numpy_helper.from_array(rng.normal(size=(16, 5)).astype(np.float32), "m2")
+    g2 = onnx.numpy_helper.from_array(rng.normal(size=(5, 7)).astype(np.float32), "g2")
+    shape = onnx.numpy_helper.from_array(np.array([0, 8, 16], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),  # [N,8,4,4]
+        helper.make_node("Conv", ["c", "wg"], ["d"], pads=[1, 1, 1, 1], group=8),  # depthwise
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["s"]),  # [N,8,16]
+        helper.make_node("MatMul", ["s", "m2"], ["mm"]),  # [N,8,5]
+        helper.make_node("Flatten", ["mm"], ["f"], axis=2),  # [N*8,5]
+        helper.make_node("Gemm", ["f", "g2"], ["y"]),  # [N*8,7]
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 7])
+    model = _graph(nodes, [x], [y], [w, wg, m2, g2, shape])
+    onnx.checker.check_model(model)
+    n = 2
+    conv = n * 8 * 4 * 4 * 3 * 3 * 3
+    dw = n * 8 * 4 * 4 * 1 * 3 * 3
+    mm = n * 8 * 16 * 5
+    gemm = n * 8 * 5 * 7
+    report = count_flops(model, {"x": (n, 3, 4, 4)})
+    assert report.macs == conv + dw + mm + gemm
+    assert report.flops == 2 * (conv + dw + mm + gemm)
+    assert report.by_op == {"Conv": 2 * (conv + dw), "MatMul": 2 * mm, "Gemm": 2 * gemm}
+    assert report.elementwise_flops == n * 8 * 4 * 4  # the Relu
+
+
+def test_attention_matmul_counted_with_dynamic_shapes():
+    """Q·Kᵀ over a runtime-computed shape: MatMul of [N,T,E] × [N,E,T]."""
+    nodes = [helper.make_node("Transpose", ["q"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["a"])]
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N", "T", 6])
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "T", "T"])
+    report = count_flops(_graph(nodes, [q], [a]), {"q": (2, 5, 6)})
+    assert report.macs == 2 * 5 * 5 * 6
+
+
+def test_calibration_fit_recovers_a_logistic():
+    from models.export import fit_calibration
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=20000)
+    y = rng.uniform(size=s.size) < 1 / (1 + np.exp(-(3.0 * s - 1.0)))
+    cal = fit_calibration(s, y.astype(int))
+    assert cal["a"] == pytest.approx(3.0, rel=0.1) and cal["b"] == pytest.approx(-1.0, abs=0.1)
+    with pytest.raises(ValueError):
+        fit_calibration([0.1, 0.2], [1, 1])
+
+
+def test_loads_in_the_service_and_broken_artifacts_fail(artifact, tmp_path):
+    artifact_mod = pytest.importorskip("service.artifact")
+    from service.errors import ArtifactError
+
+    out = artifact[0]
+    loaded = artifact_mod.load_artifact(out)
+    assert loaded.manifest.groups == 3 and loaded.manifest.gflops.image > 0
+    assert loaded.manifest.calibration is not None
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "text.onnx").unlink()
+    with pytest.raises(ArtifactError, match="text.onnx"):
+        artifact_mod.load_artifact(broken)
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(out, wrong)
+    m = json.loads((wrong / "manifest.json").read_text())
+    m["dim"] = 99
+    (wrong / "manifest.json").write_text(json.dumps(m))
+    from service.runtime.onnxrt import OnnxRuntimeEngine
+    from service.settings import Settings
+
+    settings = Settings(model=wrong, intra_op_threads=1)
+    with pytest.raises(ArtifactError, match="99"):
+        OnnxRuntimeEngine(artifact_mod.load_artifact(wrong), settings)
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(out, corrupt)
+    (corrupt / "visual.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ArtifactError, match="visual.onnx"):
+        OnnxRuntimeEngine(artifact_mod.load_artifact(corrupt), settings)
