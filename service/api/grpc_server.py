@@ -1,0 +1,241 @@
+"""gRPC API (grpc.aio): `ml2p.v1.Tagger`, `grpc.health.v1` and server reflection.
+
+Same `TaggingService` as REST. `ServiceError`s become status codes (INVALID_ARGUMENT,
+UNAUTHENTICATED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, NOT_FOUND, ...) with the
+REST error code and field in the trailing metadata (`error-code`, `error-field`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from service import logs
+from service.api.common import bearer_token, check_api_key, request_id
+from service.engine import State, TaggingService, TagOptions, TagOutcome
+from service.errors import ServiceError
+from service.protos import load
+
+pb, pb_grpc = load()
+log = logging.getLogger("ml2p.grpc")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tagger"].full_name  # "ml2p.v1.Tagger"
+STREAM_WINDOW = 64  # TagStream items in flight per stream (the rest wait: backpressure)
+
+
+def tag_response(outcome: TagOutcome, rid: str) -> pb.TagResponse:
+    result = outcome.results[0]
+    t = result.timings_ms
+    gflops_total = outcome.gflops_total
+    return pb.TagResponse(
+        request_id=rid, model_name=outcome.model["name"], model_version=outcome.model["version"],
+        tags=[pb.Tag(label=x.label, score=x.score, rank=x.rank, probability=x.probability)
+              for x in result.tags],
+        batch_size=result.batch_size,
+        timings_ms=pb.Timings(decode=t["decode"], preprocess=t["preprocess"], queue=t["queue"],
+                              inference=t["inference"], scoring=t["scoring"],
+                              labels=outcome.labels_ms, total=outcome.total_ms),
+        gflops=pb.Gflops(image=result.gflops["image"], labels=outcome.labels_gflops,
+                         scoring=result.gflops["scoring"], total=gflops_total),
+        duplicates_removed=outcome.duplicates_removed)
+
+
+class TaggerServicer(pb_grpc.TaggerServicer):
+    """`ml2p.v1.Tagger` over a TaggingService."""
+
+    def __init__(self, service: TaggingService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.metrics = service.metrics
+
+    # --- plumbing --------------------------------------------------------------------------
+    async def _begin(self, context: grpc.aio.ServicerContext) -> str:
+        metadata = {k: v for k, v in context.invocation_metadata() or ()}
+        rid = request_id(metadata.get("x-request-id"))
+        await context.send_initial_metadata((("x-request-id", rid),))
+        check_api_key(self.settings, bearer_token(metadata.get("authorization")))
+        return rid
+
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext,
+                     handler: Callable[[str], Awaitable]):
+        start, status = time.perf_counter(), "OK"
+        token = logs.request_id.set(None)
+        try:
+            rid = await self._begin(context)
+            logs.request_id.set(rid)
+            return await handler(rid)
+        except ServiceError as exc:
+            status = exc.grpc_status
+            await context.abort(grpc.StatusCode[exc.grpc_status], exc.message,
+                                trailing_metadata=_error_metadata(exc))
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception:
+            if status == "OK":  # not an abort of ours
+                status = "INTERNAL"
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            raise
+        finally:
+            self._record(method, status, start)
+            logs.request_id.reset(token)
+
+    def _record(self, method: str, status: str, start: float) -> None:
+        took = time.perf_counter() - start
+        self.metrics.request_duration.labels("grpc", method, status).observe(took)
+        log.info("request", extra={"protocol": "grpc", "method": method, "status": status,
+                                   "duration_ms": round(took * 1000, 3)})
+
+    def _options(self, request: pb.TagRequest, context: grpc.aio.ServicerContext) -> TagOptions:
+        remaining = context.time_remaining()
+        return TagOptions(
+            top_k=request.top_k if request.HasField("top_k") else None,
+            threshold=request.threshold if request.HasField("threshold") else None,
+            timeout_s=remaining if remaining is not None and remaining > 0 else None)
+
+    async def _tag(self, request: pb.TagRequest, rid: str,
+                   context: grpc.aio.ServicerContext) -> pb.TagResponse:
+        outcome = await self.service.tag(
+            [request.image], list(request.labels) or None, request.vocabulary or None,
+            self._options(request, context))
+        return tag_response(outcome, rid)
+
+    # --- RPCs ------------------------------------------------------------------------------
+    async def Tag(self, request, context):  # noqa: N802 - generated names
+        return await self._unary(
+            "Tag", context, lambda rid: self._tag(request, request.request_id or rid, context))
+
+    async def TagStream(self, request_iterator, context) -> AsyncIterator:  # noqa: N802
+        start, status = time.perf_counter(), "OK"
+        try:
+            await self._begin(context)
+            self.service.check_ready()
+        except ServiceError as exc:
+            self._record("TagStream", exc.grpc_status, start)
+            await context.abort(grpc.StatusCode[exc.grpc_status], exc.message,
+                                trailing_metadata=_error_metadata(exc))
+        pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
+
+        async def item(request: pb.TagRequest) -> pb.TagResponse:
+            rid, item_start, item_status = request_id(request.request_id), time.perf_counter(), "OK"
+            try:
+                return await self._tag(request, rid, context)
+            except ServiceError as exc:
+                item_status = exc.grpc_status
+                return pb.TagResponse(request_id=rid, error=pb.Error(
+                    code=exc.code, message=exc.message, field=exc.field or "",
+                    status=exc.grpc_status))
+            finally:
+                self._record("TagStream.item", item_status, item_start)
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await pending.put(asyncio.ensure_future(item(request)))
+            await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # surfaces a reader error
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            self._record("TagStream", status, start)
+
+    async def ListModels(self, request, context):  # noqa: N802
+        async def handler(rid: str) -> pb.ListModelsResponse:
+            d = self.service.describe()
+            return pb.ListModelsResponse(models=[pb.ModelInfo(
+                name=d["name"], version=d["version"], engine=d["engine"], groups=d["groups"],
+                dim=d["dim"], input_size=d["input_size"], gflops_image=d["gflops"]["image"],
+                gflops_label=d["gflops"]["label"], calibrated=d["calibrated"],
+                state=d["state"], manifest_json=json.dumps(d, default=str))])
+        return await self._unary("ListModels", context, handler)
+
+    def _vocabulary(self, name: str, created_now: bool = False,
+                    duplicates: list[str] = ()) -> pb.Vocabulary:
+        v = self.service.vocabularies.get(name)
+        return pb.Vocabulary(name=v.name, labels=v.labels, builtin=v.builtin, created=v.created,
+                             created_now=created_now, duplicates_removed=list(duplicates))
+
+    async def PutVocabulary(self, request, context):  # noqa: N802
+        async def handler(rid: str) -> pb.Vocabulary:
+            _, created, dups = await self.service.put_vocabulary(request.name,
+                                                                 list(request.labels))
+            return self._vocabulary(request.name, created, dups)
+        return await self._unary("PutVocabulary", context, handler)
+
+    async def GetVocabulary(self, request, context):  # noqa: N802
+        async def handler(rid: str) -> pb.Vocabulary:
+            return self._vocabulary(request.name)
+        return await self._unary("GetVocabulary", context, handler)
+
+    async def DeleteVocabulary(self, request, context):  # noqa: N802
+        async def handler(rid: str) -> pb.DeleteVocabularyResponse:
+            self.service.delete_vocabulary(request.name)
+            return pb.DeleteVocabularyResponse()
+        return await self._unary("DeleteVocabulary", context, handler)
+
+
+def _error_metadata(exc: ServiceError) -> tuple:
+    pairs = [("error-code", exc.code)]
+    if exc.field:
+        pairs.append(("error-field", exc.field))
+    return tuple(pairs)
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(service: TaggingService, host: str, port: int) -> GrpcServer:
+    """Bind, register Tagger + health + reflection, start; health follows the service state."""
+    settings = service.settings
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_TaggerServicer_to_server(TaggerServicer(service), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"gRPC: cannot bind {host}:{port}")
+    await server.start()
+    loop = asyncio.get_running_loop()
+
+    def follow(state: State) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if state is State.READY
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            loop.create_task(health.set(name, status))
+
+    service.add_listener(follow)
+    return GrpcServer(server, bound, health)

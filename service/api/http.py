@@ -1,0 +1,324 @@
+"""REST API (FastAPI): tagging, vocabularies, models, health and metrics.
+
+`create_app(service)` serves a shared `TaggingService` (the combined server); `create_app()`
+without one builds its own from the settings and owns its lifecycle (`uvicorn --factory`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.common import check_api_key
+from service.api.middleware import RequestContext, error_response
+from service.api.schemas import (
+    BatchJSONRequest,
+    BatchTagResponse,
+    ErrorBody,
+    Health,
+    ModelInfo,
+    ModelList,
+    TagJSONRequest,
+    TagParams,
+    TagResponse,
+    VocabularyIn,
+    VocabularyList,
+    VocabularyOut,
+)
+from service.engine import TaggingService, TagOptions
+from service.engine.vocabularies import NAME_PATTERN
+from service.errors import (
+    InvalidImage,
+    InvalidRequest,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <ML2P_API_KEY>`")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in {
+        400: "corrupt or non-image bytes", 401: "missing or wrong API key",
+        413: "body or image pixels over the limit", 415: "unsupported content type",
+        422: "invalid request (labels, options)", 429: "queue full (see Retry-After)",
+        503: "not ready or shutting down", 504: "deadline exceeded"}.items()}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "body_too_large", 415: "unsupported_media_type"}
+_FORM_OPTIONS = ("vocabulary", "top_k", "threshold", "timeout_ms")
+
+
+# --- dependencies ------------------------------------------------------------------------
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_service(request: Request) -> TaggingService:
+    return request.app.state.service
+
+
+def authorize(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    check_api_key(settings, credentials.credentials if credentials else None)
+
+
+Service = Annotated[TaggingService, Depends(get_service)]
+
+
+# --- request parsing ---------------------------------------------------------------------
+def _field(loc: tuple) -> str | None:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+def _b64(data: str, field: str) -> bytes:
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage(f"image is not valid base64: {exc}", field=field) from None
+
+
+def _form_labels(values: list) -> list[str] | None:
+    if not values:
+        return None
+    if len(values) == 1 and isinstance(values[0], str) and values[0].lstrip().startswith("["):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"labels is not a JSON array: {exc}", field="labels") from None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise InvalidRequest("labels must be a JSON array of strings", field="labels")
+        return parsed
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidRequest("labels must be text fields, not files", field="labels")
+    return values
+
+
+async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[list[bytes],
+                                                                            TagParams]:
+    """JSON (base64 images) or multipart (image files) -> (image bytes, params)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        model = BatchJSONRequest if batch else TagJSONRequest
+        try:
+            body = model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        sources = body.images if batch else [body.image]  # type: ignore[union-attr]
+        field = "images[{}]" if batch else "image"
+        images = [_b64(s, field.format(i)) for i, s in enumerate(sources)]
+        return images, TagParams(**body.model_dump(include=set(TagParams.model_fields)))
+    if media != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"content type {media or 'missing'!r}: send multipart/form-data (image file + "
+            "labels) or application/json (base64 image)")
+    form = await request.form(max_files=settings.max_images + 1,
+                              max_fields=settings.max_labels + 64)
+    files = form.getlist("images") + form.getlist("image")
+    if not all(isinstance(f, UploadFile) for f in files):
+        raise InvalidImage("image parts must be file uploads (curl -F image=@photo.jpg)",
+                           field="image")
+    if not files:
+        raise InvalidRequest("no image: add a file part named `image`", field="image")
+    if not batch and len(files) > 1:
+        raise InvalidRequest("one image per request here; use /v1/tag/batch for several",
+                             field="image")
+    unknown = set(form) - {"image", "images", "labels", *_FORM_OPTIONS}
+    if unknown:
+        raise InvalidRequest(f"unknown form field(s): {', '.join(sorted(unknown))}",
+                             field=sorted(unknown)[0])
+    raw = {k: form[k] for k in _FORM_OPTIONS if k in form and form[k] != ""}
+    try:
+        params = TagParams(labels=_form_labels(form.getlist("labels")), **raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    return [await f.read() for f in files], params  # type: ignore[union-attr]
+
+
+def _tag_body_doc(model: type, batch: bool) -> dict:
+    image = ({"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}
+             if batch else {"image": {"type": "string", "format": "binary"}})
+    form = {
+        "type": "object", "required": ["images" if batch else "image"],
+        "properties": {
+            **image,
+            "labels": {"type": "array", "items": {"type": "string"},
+                       "description": "repeated fields, or one field holding a JSON array"},
+            "vocabulary": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1},
+            "threshold": {"type": "number"},
+            "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": model.model_json_schema()},
+    }}}
+
+
+def _options(params: TagParams) -> TagOptions:
+    return TagOptions(top_k=params.top_k, threshold=params.threshold,
+                      timeout_s=params.timeout_ms / 1000.0 if params.timeout_ms else None)
+
+
+def _json(model) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+# --- app ---------------------------------------------------------------------------------
+def create_app(service: TaggingService | None = None, settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app over `service` (built from `settings` and owned when not given)."""
+    owns = service is None
+    if service is None:
+        from service.server import build_service  # the same loader as `ml2p serve`
+
+        service = build_service(settings or Settings())
+    settings = service.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        if owns:
+            await service.drain(settings.drain_timeout_s)
+            await service.close()
+
+    app = FastAPI(
+        title="ML2P zero-shot image tagger",
+        version="1",
+        description="Rank any candidate labels for an image ((ML)²P-Encoder).",
+        lifespan=lifespan,
+        responses={422: {"model": ErrorBody, "description": "invalid request"}},
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
+                       metrics=service.metrics)
+    _install_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        message = "; ".join(f"{_field(tuple(e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+        return error_response(InvalidRequest(message or "invalid request",
+                                             field=_field(tuple(first["loc"]))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error = ServiceError(str(exc.detail))
+        error.code = _HTTP_CODES.get(exc.status_code, "http_error")
+        error.http_status = exc.status_code
+        response = error_response(error)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+
+def _add_routes(app: FastAPI) -> None:
+    auth = [Depends(authorize)]
+
+    async def tag(request: Request, service: Service) -> Response:
+        """Tag one image: multipart (`image` file + `labels`) or JSON (base64 `image`)."""
+        images, params = await _parse(request, service.settings, batch=False)
+        outcome = await service.tag(images, params.labels, params.vocabulary, _options(params))
+        return _json(TagResponse.of(outcome, request.state.request_id))
+
+    for path in ("/v1/tag", "/tag"):
+        app.add_api_route(path, tag, methods=["POST"], dependencies=auth,
+                          response_model=TagResponse, responses=_ERRORS, tags=["tagging"],
+                          openapi_extra=_tag_body_doc(TagJSONRequest, batch=False),
+                          name="tag" if path == "/v1/tag" else "tag_alias",
+                          include_in_schema=path == "/v1/tag")
+
+    @app.post("/v1/tag/batch", dependencies=auth, response_model=BatchTagResponse,
+              responses=_ERRORS, tags=["tagging"],
+              openapi_extra=_tag_body_doc(BatchJSONRequest, batch=True))
+    async def tag_batch(request: Request, service: Service) -> Response:
+        """Tag several images against one label list."""
+        images, params = await _parse(request, service.settings, batch=True)
+        outcome = await service.tag(images, params.labels, params.vocabulary, _options(params))
+        return _json(BatchTagResponse.of(outcome, request.state.request_id))
+
+    name_param = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64)]
+
+    def vocab_out(service: TaggingService, name: str, duplicates: list[str] = ()) -> dict:
+        v = service.vocabularies.get(name)
+        return VocabularyOut(name=v.name, size=len(v.labels), builtin=v.builtin,
+                             created=v.created, labels=v.labels,
+                             duplicates_removed=list(duplicates)).model_dump()
+
+    @app.get("/v1/vocabularies", dependencies=auth, response_model=VocabularyList,
+             tags=["vocabularies"])
+    async def list_vocabularies(service: Service) -> dict:
+        return {"vocabularies": service.vocabularies.names()}
+
+    @app.put("/v1/vocabularies/{name}", dependencies=auth, response_model=VocabularyOut,
+             responses={**_ERRORS, 201: {"model": VocabularyOut, "description": "created"},
+                        409: {"model": ErrorBody, "description": "built-in vocabulary"}},
+             tags=["vocabularies"])
+    async def put_vocabulary(name: name_param, body: VocabularyIn, service: Service,
+                             response: Response) -> dict:
+        """Create or replace a named label set; it is embedded once, in the background."""
+        _, created, duplicates = await service.put_vocabulary(name, body.labels)
+        response.status_code = 201 if created else 200
+        return vocab_out(service, name, duplicates)
+
+    @app.get("/v1/vocabularies/{name}", dependencies=auth, response_model=VocabularyOut,
+             responses={404: {"model": ErrorBody}}, tags=["vocabularies"])
+    async def get_vocabulary(name: name_param, service: Service) -> dict:
+        return vocab_out(service, name)
+
+    @app.delete("/v1/vocabularies/{name}", dependencies=auth, status_code=204,
+                responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+                tags=["vocabularies"])
+    async def delete_vocabulary(name: name_param, service: Service) -> Response:
+        service.delete_vocabulary(name)
+        return Response(status_code=204)
+
+    @app.get("/v1/models", dependencies=auth, response_model=ModelList, tags=["models"])
+    async def models(service: Service) -> ModelList:
+        """The loaded model: name, version, engine, G, D, GFLOPs, accuracy."""
+        return ModelList(models=[ModelInfo(**service.describe())])
+
+    @app.get("/livez", response_model=Health, tags=["health"])
+    async def livez() -> Health:
+        """200 while the process is up."""
+        return Health(status="alive")
+
+    @app.get("/readyz", response_model=Health, tags=["health"],
+             responses={503: {"model": ErrorBody, "description": "not ready"}})
+    async def readyz(service: Service) -> Health:
+        """200 once the model is loaded and warmed up; 503 before, while draining, on failure."""
+        service.check_ready()  # raises Unavailable (503) with the reason
+        return Health(status="ready")
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics(service: Service) -> Response:
+        """Prometheus text exposition."""
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)

@@ -1,0 +1,189 @@
+"""Pydantic models of every REST request and response (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.engine import TagOutcome
+from service.engine.scoring import Tag
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. `invalid_image`")
+    message: str = Field(description="what went wrong, for humans")
+    field: str | None = Field(None, description="the request field at fault, if any")
+
+
+class ErrorBody(BaseModel):
+    """Every error response, whatever the status."""
+
+    error: ErrorDetail
+
+
+class TagParams(BaseModel):
+    """Label source and options shared by all tagging requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] | None = Field(
+        None, description="candidate labels (any English words or phrases)")
+    vocabulary: str | None = Field(
+        None, description="name of a stored vocabulary, instead of `labels`")
+    top_k: int | None = Field(None, ge=1, description="keep the best k (default: all, ranked)")
+    threshold: float | None = Field(
+        None, description="keep tags whose probability (raw score if uncalibrated) >= this")
+    timeout_ms: float | None = Field(
+        None, gt=0, description="deadline for this request (capped by the server's)")
+
+
+class TagJSONRequest(TagParams):
+    """`POST /v1/tag` as JSON."""
+
+    image: str = Field(description="the image file, base64 (a `data:` URL prefix is allowed)")
+
+
+class BatchJSONRequest(TagParams):
+    """`POST /v1/tag/batch` as JSON: several images, one label list."""
+
+    images: list[str] = Field(min_length=1, description="image files, base64")
+
+
+class TagOut(BaseModel):
+    label: str = Field(description="the caller's label text exactly as sent")
+    score: float = Field(description="max over the G principal vectors of <v_g, w_label>")
+    probability: float | None = Field(None, description="calibrated probability, if available")
+    rank: int = Field(ge=1, description="position in the ranking of all candidate labels")
+
+    @classmethod
+    def of(cls, tag: Tag) -> TagOut:
+        return cls(label=tag.label, score=tag.score, probability=tag.probability, rank=tag.rank)
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ImageTimings(BaseModel):
+    decode: float
+    preprocess: float
+    queue: float
+    inference: float
+    scoring: float
+
+
+class Timings(ImageTimings):
+    """Milliseconds per stage; `total` is the whole request inside the server."""
+
+    labels: float
+    total: float
+
+
+class Gflops(BaseModel):
+    image: float
+    labels: float = Field(description="label embeddings computed (cache misses only)")
+    scoring: float
+    total: float
+
+
+class TagResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    tags: list[TagOut]
+    batch_size: int = Field(description="images in the inference batch this image ran in")
+    timings_ms: Timings
+    gflops: Gflops
+    duplicates_removed: list[str] = Field(
+        default_factory=list, description="labels dropped as duplicates of an earlier label")
+
+    @classmethod
+    def of(cls, outcome: TagOutcome, request_id: str) -> TagResponse:
+        result = outcome.results[0]
+        return cls(
+            request_id=request_id, model=ModelRef(**outcome.model),
+            tags=[TagOut.of(t) for t in result.tags], batch_size=result.batch_size,
+            timings_ms=Timings(**result.timings_ms, labels=outcome.labels_ms,
+                               total=outcome.total_ms),
+            gflops=_gflops(outcome), duplicates_removed=outcome.duplicates_removed)
+
+
+class ImageTags(BaseModel):
+    index: int
+    tags: list[TagOut]
+    batch_size: int
+    timings_ms: ImageTimings
+
+
+class BatchTimings(BaseModel):
+    labels: float
+    total: float
+
+
+class BatchTagResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    results: list[ImageTags]
+    timings_ms: BatchTimings
+    gflops: Gflops
+    duplicates_removed: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, outcome: TagOutcome, request_id: str) -> BatchTagResponse:
+        return cls(
+            request_id=request_id, model=ModelRef(**outcome.model),
+            results=[ImageTags(index=i, tags=[TagOut.of(t) for t in r.tags],
+                               batch_size=r.batch_size, timings_ms=ImageTimings(**r.timings_ms))
+                     for i, r in enumerate(outcome.results)],
+            timings_ms=BatchTimings(labels=outcome.labels_ms, total=outcome.total_ms),
+            gflops=_gflops(outcome), duplicates_removed=outcome.duplicates_removed)
+
+
+def _gflops(outcome: TagOutcome) -> Gflops:
+    image = sum(r.gflops["image"] for r in outcome.results)
+    scoring = sum(r.gflops["scoring"] for r in outcome.results)
+    return Gflops(image=image, labels=outcome.labels_gflops, scoring=scoring,
+                  total=image + scoring + outcome.labels_gflops)
+
+
+class VocabularyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] = Field(description="the label texts")
+
+
+class VocabularyOut(BaseModel):
+    name: str
+    size: int
+    builtin: bool
+    created: str
+    labels: list[str]
+    duplicates_removed: list[str] = Field(default_factory=list)
+
+
+class VocabularyList(BaseModel):
+    vocabularies: list[str]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    engine: str
+    groups: int
+    dim: int
+    input_size: int
+    gflops: dict[str, Any]
+    accuracy: dict[str, Any]
+    calibrated: bool
+    state: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,100 @@
+"""One process, one engine: REST (uvicorn) and gRPC (grpc.aio) on one event loop.
+
+Start-up: the artifact is loaded and checked before any port is bound (a broken artifact exits
+with one message); then both servers listen (`/livez` 200) while the model warms up in the
+background (`/readyz` 503 until READY). SIGTERM/SIGINT: readiness and gRPC health go
+NOT_SERVING, new work gets 503 / UNAVAILABLE, in-flight and queued requests finish (at most
+`drain_timeout_s`), then both servers stop and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from service.artifact import load_artifact
+from service.engine import TaggingService
+from service.metrics import Metrics
+from service.runtime import create_engine
+from service.settings import Settings
+
+log = logging.getLogger("ml2p.server")
+
+
+def build_service(settings: Settings) -> TaggingService:
+    """Load + check the artifact and create the engine (raises ArtifactError/EngineUnavailable)."""
+    artifact = load_artifact(settings.model)
+    engine = create_engine(settings, artifact)
+    return TaggingService(settings, engine, Metrics(settings.max_batch_size))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (raises OSError naming the address when it is taken)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, service: TaggingService | None = None) -> int:
+    """Run until SIGTERM/SIGINT, drain, stop. Returns the exit code."""
+    from service.api.grpc_server import start_grpc_server
+    from service.api.http import create_app
+
+    service = service or build_service(settings)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_server = None
+    if settings.grpc_port:
+        grpc_server = await start_grpc_server(service, settings.host, settings.grpc_port)
+        log.info("gRPC listening", extra={"host": settings.host, "port": grpc_server.port})
+    http_server = http_task = None
+    if settings.http_port:
+        sock = bind_socket(settings.host, settings.http_port)
+        config = uvicorn.Config(
+            create_app(service), host=settings.host, port=settings.http_port, log_config=None,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout_s,
+            timeout_keep_alive=5)
+        http_server = _UvicornServer(config)
+        http_task = loop.create_task(http_server.serve(sockets=[sock]))
+        log.info("HTTP listening", extra={"host": settings.host, "port": settings.http_port})
+
+    stop_task = loop.create_task(stop.wait())
+    waiting = {stop_task} | ({http_task} if http_task else set())
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if http_task in done:  # uvicorn ended by itself: it could not bind or start
+        log.error("HTTP server stopped unexpectedly")
+        code = 1
+    log.info("shutting down: draining in-flight requests",
+             extra={"drain_timeout_s": settings.drain_timeout_s})
+    await service.drain(settings.drain_timeout_s)
+    if http_server is not None and http_task is not None:
+        http_server.should_exit = True
+        with contextlib.suppress(SystemExit):
+            await http_task
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1.0)
+    await service.close()
+    stop_task.cancel()
+    log.info("stopped", extra={"exit_code": code})
+    return code
