@@ -197,8 +197,16 @@ def _add_training_commands(sub: argparse._SubParsersAction,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except ValidationError as exc:  # a bad flag or ML2P_* value
+        problems = "; ".join(
+            f"{e['loc'][0]} (--{str(e['loc'][0]).replace('_', '-')} / "
+            f"ML2P_{str(e['loc'][0]).upper()}): {e['msg']}" for e in exc.errors())
+        return _fail(f"invalid setting: {problems}")
     return result if isinstance(result, int) else 0
 
 

@@ -83,7 +83,10 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
             image.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fires at open() for headers declaring huge sizes.
+        raise ImageTooLargeError(f"image is over the limit of {max_pixels} pixels: {exc}") from None
+    except UnidentifiedImageError:
         raise ImageDecodeError(
             "bytes are not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)"
         ) from None

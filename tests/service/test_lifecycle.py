@@ -1,0 +1,97 @@
+"""Start-up and shutdown of the real process: graceful drain, broken artifacts, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_harness import REPO, Server, free_port, pb, pb_grpc
+
+from service.cli import main as ml2p
+from service.testing import image_bytes
+
+
+def _in_flight(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("ml2p_requests_in_flight "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_sigterm_drains_in_flight_refuses_new_work_and_exits_0(model_dir, tmp_path):
+    srv = Server(model_dir, tmp_path, inference_delay_ms=800, max_batch_size=2,
+                 drain_timeout_s=20).wait_ready()
+    png = image_bytes()
+    results: list[httpx.Response] = []
+
+    def client() -> None:
+        results.append(httpx.post(f"{srv.url}/v1/tag", files={"image": ("i.png", png)},
+                                  data={"labels": ["dog"]}, timeout=30))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while _in_flight(srv.url) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    srv.signal()  # SIGTERM while 4 requests are queued/running (~2.4 s of work)
+    time.sleep(0.2)
+    ready = httpx.get(f"{srv.url}/readyz")
+    assert ready.status_code == 503 and "shutting down" in ready.json()["error"]["message"]
+    refused = httpx.post(f"{srv.url}/v1/tag", files={"image": ("i.png", png)},
+                         data={"labels": ["dog"]})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+    with srv.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="ml2p.v1.Tagger"))
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            pb_grpc.TaggerStub(channel).Tag(pb.TagRequest(image=png, labels=["dog"]))
+            raise AssertionError("Tag succeeded while draining")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+    for thread in threads:
+        thread.join(30)
+    assert [r.status_code for r in results] == [200] * 4
+    assert srv.stop(timeout=20) == 0
+    assert '"msg": "stopped"' in srv.log()
+
+
+def test_broken_artifact_fails_at_startup_with_one_message(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["dim"] += 1
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--model", str(broken),
+         "--http-port", str(free_port()), "--grpc-port", str(free_port())],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("ml2p: error: cannot start: model artifact")
+    assert "visual.onnx" in lines[0] and f"implies {manifest['dim']}" in lines[0]
+
+
+def test_cli_tag_local_and_remote(model_dir, server, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    image.write_bytes(image_bytes())
+    assert ml2p(["tag", str(image), "--labels", "dog", "sky", "--model", str(model_dir),
+                 "--json", "--vocab-dir", str(tmp_path / "v")]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert {t["label"] for t in local["tags"]} == {"dog", "sky"}
+    assert ml2p(["tag", str(image), "--labels", "dog", "sky", "--url", server.url,
+                 "--api-key", "test-key", "--json"]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert [t["score"] for t in remote["tags"]] == [t["score"] for t in local["tags"]]
+    assert ml2p(["tag", str(image), "--vocabulary", "nus-wide-81", "--top-k", "3",
+                 "--url", server.url, "--api-key", "test-key"]) == 0
+    assert capsys.readouterr().out.count("\n") == 4  # path + 3 tags

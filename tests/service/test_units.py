@@ -1,0 +1,240 @@
+"""In-process unit tests: settings, artifact validation, batcher policy, cache, scoring."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from service import protos
+from service.artifact import Calibration, load_artifact
+from service.cli import build_parser, settings_from
+from service.engine.batcher import DynamicBatcher
+from service.engine.labels import LabelCache, clean_labels
+from service.engine.scoring import rank, score
+from service.engine.vocabularies import VocabularyStore
+from service.errors import ArtifactError, DeadlineExceeded, InvalidRequest, LabelError, QueueFull
+from service.metrics import batch_buckets
+from service.runtime import LabelTooLong, create_engine
+from service.settings import Settings
+
+
+# --- settings ----------------------------------------------------------------------------
+def test_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("ML2P_HTTP_PORT", "9001")
+    monkeypatch.setenv("ML2P_GRPC_PORT", "9002")
+    monkeypatch.setenv("ML2P_API_KEY", "")
+    args = build_parser().parse_args(["serve", "--grpc-port", "7", "--model", "/m"])
+    settings = settings_from(args)
+    assert (settings.http_port, settings.grpc_port, str(settings.model)) == (9001, 7, "/m")
+    assert settings.api_key is None
+    assert Settings().max_batch_size == 32  # a documented default
+
+
+# --- artifact ----------------------------------------------------------------------------
+@pytest.fixture
+def artifact_copy(model_dir, tmp_path):
+    target = tmp_path / "artifact"
+    shutil.copytree(model_dir, target)
+    return target
+
+
+def _edit_manifest(path, **changes):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(changes)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _start(path) -> None:
+    settings = Settings(model=path)
+    create_engine(settings, load_artifact(path)).warmup()
+
+
+@pytest.mark.parametrize("breakage, words", [
+    (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
+    (lambda p: (p / "manifest.json").write_text("{"), "not valid JSON"),
+    (lambda p: _edit_manifest(p, groups=0), "groups"),
+    (lambda p: (p / "text.onnx").unlink(), "text.onnx (text) is missing"),
+    (lambda p: (p / "visual.onnx").write_bytes(b"\x08garbage"), "visual.onnx cannot be loaded"),
+    (lambda p: _edit_manifest(p, groups=7), "visual.onnx output 'groups' axis 1"),
+    (lambda p: _edit_manifest(p, dim=5), "implies 5"),
+    (lambda p: _edit_manifest(p, preprocessing={**json.loads(
+        (p / "manifest.json").read_text())["preprocessing"], "size": 48}), "axis 2"),
+    (lambda p: (p / "tokenizer.json").write_text("[]"), "tokenizer.json cannot be loaded"),
+], ids=["no-manifest", "bad-json", "bad-field", "missing-text", "corrupt-onnx", "wrong-G",
+        "wrong-D", "wrong-size", "bad-tokenizer"])
+def test_broken_artifacts_fail_with_one_clear_message(artifact_copy, breakage, words):
+    if words.startswith(("visual.onnx output", "axis 2")) and _real_model(artifact_copy):
+        pytest.skip("static-dim checks are written for the generated model")
+    breakage(artifact_copy)
+    with pytest.raises(ArtifactError) as info:
+        _start(artifact_copy)
+    assert words in str(info.value) and str(artifact_copy) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _real_model(path) -> bool:
+    return json.loads((path / "manifest.json").read_text())["name"] != "tiny-test"
+
+
+def test_label_token_limit(model_dir):
+    engine = create_engine(Settings(model=model_dir), load_artifact(model_dir))
+    limit = engine.tokenizer.max_tokens
+    with pytest.raises(LabelTooLong) as info:
+        engine.encode_labels(["dog", "dog " * limit])
+    assert info.value.field == "labels[1]" and info.value.http_status == 422
+    assert engine.encode_labels(["dog " * (limit - 2)]).shape == (1, engine.artifact.manifest.dim)
+
+
+# --- batcher -----------------------------------------------------------------------------
+class _SlowModel:
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.sizes = seconds, []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        time.sleep(self.seconds)
+        return batch * 2
+
+
+def _batcher(model, **kw) -> DynamicBatcher:
+    defaults = {"max_batch_size": 4, "max_queue_delay_s": 0.5, "max_queue_size": 16}
+    return DynamicBatcher(model, **(defaults | kw))
+
+
+def test_idle_engine_runs_a_lone_request_at_once():
+    async def run():
+        batcher = _batcher(_SlowModel(0.0))
+        batcher.start()
+        start = time.perf_counter()
+        (result,) = await batcher.submit([np.ones(3, np.float32)], time.perf_counter() + 5)
+        took = time.perf_counter() - start
+        await batcher.close()
+        return result, took
+
+    result, took = asyncio.run(run())
+    assert took < 0.25 and result.batch_size == 1  # never waits for the 0.5 s timer
+    assert np.array_equal(result.output, np.full(3, 2.0))
+
+
+def test_arrivals_while_busy_form_batches_up_to_the_maximum():
+    model = _SlowModel(0.1)
+
+    async def run():
+        batcher = _batcher(model)
+        batcher.start()
+        deadline = time.perf_counter() + 5
+        first = asyncio.ensure_future(batcher.submit([np.zeros(2, np.float32)], deadline))
+        await asyncio.sleep(0.02)
+        rest = [batcher.submit([np.full(2, i, np.float32)], deadline) for i in range(6)]
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(run())
+    assert model.sizes == [1, 4, 2]
+    assert [r[0].output[0] for r in results[1:]] == [2.0 * i for i in range(6)]  # order kept
+
+
+def test_timer_applies_only_while_another_batch_runs():
+    model = _SlowModel(0.2)
+
+    async def run():
+        batcher = _batcher(model, workers=2, max_queue_delay_s=0.05)
+        batcher.start()
+        deadline = time.perf_counter() + 5
+        first = asyncio.ensure_future(batcher.submit([np.zeros(1, np.float32)], deadline))
+        await asyncio.sleep(0.02)
+        second = await batcher.submit([np.zeros(1, np.float32)], deadline)
+        await first
+        await batcher.close()
+        return second[0]
+
+    second = asyncio.run(run())
+    assert 0.04 <= second.queue_s < 0.18  # waited for the timer, not for the busy worker
+
+
+def test_queue_full_and_expired_deadline():
+    async def run():
+        batcher = _batcher(_SlowModel(0.2), max_queue_size=2)
+        batcher.start()
+        deadline = time.perf_counter() + 5
+        running = asyncio.ensure_future(batcher.submit([np.zeros(1, np.float32)], deadline))
+        await asyncio.sleep(0.02)
+        with pytest.raises(QueueFull):
+            await batcher.submit([np.zeros(1, np.float32)] * 3, deadline)
+        with pytest.raises(DeadlineExceeded):  # expires in the queue, never runs
+            await batcher.submit([np.zeros(1, np.float32)], time.perf_counter() + 0.05)
+        await running
+        await batcher.close()
+
+    asyncio.run(run())
+
+
+# --- labels, scoring ---------------------------------------------------------------------
+def test_label_cache_is_lru():
+    cache = LabelCache(2)
+    cache.put("a", np.zeros(1))
+    cache.put("b", np.ones(1))
+    assert cache.get("a") is not None  # a is now most recent
+    cache.put("c", np.ones(1))
+    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
+    LabelCache(0).put("x", np.zeros(1))  # disabled cache stores nothing
+
+
+def test_clean_labels():
+    clean = clean_labels(["Dog", "dog", " cat"], str.lower, max_labels=5, max_chars=10)
+    assert clean.texts == ["Dog", " cat"] and clean.duplicates == ["dog"]
+    for labels, field in (([], "labels"), (["a", ""], "labels[1]"), (["a"] * 6, "labels"),
+                          (["x" * 11], "labels[0]")):
+        with pytest.raises(LabelError) as info:
+            clean_labels(labels, str.lower, max_labels=5, max_chars=10)
+        assert info.value.field == field
+
+
+def test_scoring_is_max_over_groups_and_independent_per_label():
+    groups = np.array([[[1.0, 0.0], [0.0, 0.5]]], np.float32)  # B=1, G=2, D=2
+    labels = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    assert np.allclose(score(groups, labels), [[1.0, 0.5, 0.6]])
+    assert np.allclose(score(groups, labels[1:2]), [[0.5]])
+    tags = rank(np.array([0.1, 0.9, 0.5]), ["a", "b", "c"], top_k=2,
+                calibration=Calibration(a=10.0, b=-5.0))
+    assert [(t.label, t.rank) for t in tags] == [("b", 1), ("c", 2)]
+    assert tags[0].probability == pytest.approx(1 / (1 + np.exp(-4.0)))
+    assert [t.label for t in rank(np.array([0.1, 0.9, 0.5]), list("abc"), threshold=0.5)] == [
+        "b", "c"]
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == (1.0,)
+    assert batch_buckets(32) == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+# --- vocabularies, proto generation ------------------------------------------------------
+def test_vocabulary_store_persists_and_validates(tmp_path):
+    store = VocabularyStore(tmp_path, builtins=True)
+    store.load()
+    assert "nus-wide-81" in store.names()
+    store.put("animals", ["dog", "cat"])
+    (tmp_path / "broken.json").write_text("{nope")
+    reloaded = VocabularyStore(tmp_path, builtins=False)
+    reloaded.load()
+    assert reloaded.names() == ["animals"] and reloaded.get("animals").labels == ["dog", "cat"]
+    for bad in ("../etc", "a/b", "", ".x", "x" * 65):
+        with pytest.raises(InvalidRequest):
+            reloaded.put(bad, ["a"])
+
+
+def test_proto_stubs_regenerate_when_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(protos, "OUT", tmp_path / "_generated")
+    assert not protos.is_current()
+    protos.generate()
+    assert protos.is_current()
+    grpc_code = (tmp_path / "_generated" / "tagger_pb2_grpc.py").read_text()
+    assert "from . import tagger_pb2" in grpc_code
+    (tmp_path / "_generated" / "SOURCE_SHA256").write_text("old\n")
+    assert not protos.is_current()
