@@ -75,6 +75,8 @@ def authorize(
 
 
 Service = Annotated[TaggingService, Depends(get_service)]
+VocabularyName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64,
+                                     description="letters, digits, '.', '_', '-'")]
 
 
 # --- request parsing ---------------------------------------------------------------------
@@ -264,8 +266,6 @@ def _add_routes(app: FastAPI) -> None:
         outcome = await service.tag(images, params.labels, params.vocabulary, _options(params))
         return _json(BatchTagResponse.of(outcome, request.state.request_id))
 
-    name_param = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64)]
-
     def vocab_out(service: TaggingService, name: str, duplicates: list[str] = ()) -> dict:
         v = service.vocabularies.get(name)
         return VocabularyOut(name=v.name, size=len(v.labels), builtin=v.builtin,
@@ -281,7 +281,7 @@ def _add_routes(app: FastAPI) -> None:
              responses={**_ERRORS, 201: {"model": VocabularyOut, "description": "created"},
                         409: {"model": ErrorBody, "description": "built-in vocabulary"}},
              tags=["vocabularies"])
-    async def put_vocabulary(name: name_param, body: VocabularyIn, service: Service,
+    async def put_vocabulary(name: VocabularyName, body: VocabularyIn, service: Service,
                              response: Response) -> dict:
         """Create or replace a named label set; it is embedded once, in the background."""
         _, created, duplicates = await service.put_vocabulary(name, body.labels)
@@ -290,13 +290,13 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/vocabularies/{name}", dependencies=auth, response_model=VocabularyOut,
              responses={404: {"model": ErrorBody}}, tags=["vocabularies"])
-    async def get_vocabulary(name: name_param, service: Service) -> dict:
+    async def get_vocabulary(name: VocabularyName, service: Service) -> dict:
         return vocab_out(service, name)
 
     @app.delete("/v1/vocabularies/{name}", dependencies=auth, status_code=204,
                 responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
                 tags=["vocabularies"])
-    async def delete_vocabulary(name: name_param, service: Service) -> Response:
+    async def delete_vocabulary(name: VocabularyName, service: Service) -> Response:
         service.delete_vocabulary(name)
         return Response(status_code=204)
 
