@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import string
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,3 +156,10 @@ def image_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, in
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for test and benchmark servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -59,15 +59,16 @@ _FORM_OPTIONS = ("vocabulary", "top_k", "threshold", "timeout_ms")
 
 
 # --- dependencies ------------------------------------------------------------------------
-def get_settings(request: Request) -> Settings:
+# (async so FastAPI does not hop to a worker thread for each of them)
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_service(request: Request) -> TaggingService:
+async def get_service(request: Request) -> TaggingService:
     return request.app.state.service
 
 
-def authorize(
+async def authorize(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -74,6 +74,13 @@ class TagOutcome:
         return self.labels_gflops + sum(sum(r.gflops.values()) for r in self.results)
 
 
+async def _timed(work):
+    """(result of `work`, seconds it took) -- runs concurrently with the image path."""
+    start = time.perf_counter()
+    result = await work
+    return result, time.perf_counter() - start
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
@@ -245,20 +252,18 @@ class TaggingService:
             vocab = self.vocabularies.get(vocabulary)  # type: ignore[arg-type]
             clean = self._vocab_clean(vocab)
             label_work = self._vocab_embeddings(vocab)
-        labels_start = time.perf_counter()
-        label_task = asyncio.ensure_future(label_work)
+        label_task = asyncio.ensure_future(_timed(label_work))
         try:
             prepared = await asyncio.gather(*(self._prepare(data, i)
                                               for i, data in enumerate(images)))
             assert self.batcher is not None
             outputs = await self.batcher.submit([p[0] for p in prepared], deadline)
-            matrix, misses = await label_task
+            (matrix, misses), labels_s = await label_task
         finally:
             if not label_task.done():
                 label_task.cancel()
             elif not label_task.cancelled():
                 label_task.exception()  # retrieved: a label error after an image error
-        labels_s = time.perf_counter() - labels_start
         groups = np.stack([o.output for o in outputs])
         scoring_start = time.perf_counter()
         if groups.size * len(matrix) > _OFFLOAD_MACS:

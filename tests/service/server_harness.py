@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ import grpc
 import httpx
 
 from service.protos import load as load_protos
+from service.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pb, pb_grpc = load_protos()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -292,8 +292,9 @@ def test_request_id_echoed_or_generated(http, png):
     assert r.headers["x-request-id"] == "req-42" and r.json()["request_id"] == "req-42"
     generated = http.get("/v1/nothing").headers["x-request-id"]
     assert len(generated) == 32
-    assert http.get("/livez", headers={"X-Request-ID": "bad id\x7f"}).headers[
-        "x-request-id"] != "bad id\x7f"
+    unsafe = "has spaces; and <html>" + "x" * 200
+    assert http.get("/livez", headers={"X-Request-ID": unsafe}).headers[
+        "x-request-id"] != unsafe
 
 
 # --- vocabularies ------------------------------------------------------------------------
