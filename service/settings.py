@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     # --- batching -------------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, le=1024, description="images per inference batch")
     max_queue_delay_ms: float = Field(
-        5.0, ge=0, description="longest wait for a batch to fill while another batch runs"
+        5.0, ge=0, description="longest wait (from the first queued image) for a batch to "
+        "fill while another batch runs; an idle engine never waits (so with one inference "
+        "worker batches form from what queued during the previous batch)"
     )
     max_queue_size: int = Field(256, ge=1, description="queued images before 429")
     inference_workers: int = Field(1, ge=1, le=16, description="batches run concurrently")

@@ -57,19 +57,22 @@ class TaggerServicer(pb_grpc.TaggerServicer):
         self.metrics = service.metrics
 
     # --- plumbing --------------------------------------------------------------------------
-    async def _begin(self, context: grpc.aio.ServicerContext) -> str:
+    async def _begin(self, context: grpc.aio.ServicerContext, given: str = "") -> str:
+        """Request id (message field, else `x-request-id` metadata, else new), echoed in the
+        initial metadata; then the API-key check."""
         metadata = {k: v for k, v in context.invocation_metadata() or ()}
-        rid = request_id(metadata.get("x-request-id"))
+        rid = request_id(given or metadata.get("x-request-id"))
         await context.send_initial_metadata((("x-request-id", rid),))
         check_api_key(self.settings, bearer_token(metadata.get("authorization")))
         return rid
 
     async def _unary(self, method: str, context: grpc.aio.ServicerContext,
-                     handler: Callable[[str], Awaitable]):
+                     handler: Callable[[str], Awaitable], given_id: str = ""):
+        """Run one unary RPC: request id, auth, status mapping, metrics and access log."""
         start, status = time.perf_counter(), "OK"
         token = logs.request_id.set(None)
         try:
-            rid = await self._begin(context)
+            rid = await self._begin(context, given_id)
             logs.request_id.set(rid)
             return await handler(rid)
         except ServiceError as exc:
@@ -80,11 +83,9 @@ class TaggerServicer(pb_grpc.TaggerServicer):
             status = "CANCELLED"
             raise
         except Exception:
-            if status == "OK":  # not an abort of ours
-                status = "INTERNAL"
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-            raise
+            status = "INTERNAL"
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
         finally:
             self._record(method, status, start)
             logs.request_id.reset(token)
@@ -111,8 +112,8 @@ class TaggerServicer(pb_grpc.TaggerServicer):
 
     # --- RPCs ------------------------------------------------------------------------------
     async def Tag(self, request, context):  # noqa: N802 - generated names
-        return await self._unary(
-            "Tag", context, lambda rid: self._tag(request, request.request_id or rid, context))
+        return await self._unary("Tag", context, lambda rid: self._tag(request, rid, context),
+                                 given_id=request.request_id)
 
     async def TagStream(self, request_iterator, context) -> AsyncIterator:  # noqa: N802
         start, status = time.perf_counter(), "OK"

@@ -188,10 +188,6 @@ class DynamicBatcher:
         if self._metrics is not None:
             self._metrics.queue_depth.set(len(self._queue))
 
-    def close_intake(self) -> None:
-        """Refuse new submits; queued and running batches still complete."""
-        self._closed = True
-
     async def wait_idle(self) -> None:
         """Until nothing is queued or running."""
         await self._idle.wait()

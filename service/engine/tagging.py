@@ -66,7 +66,6 @@ class TagOutcome:
     labels_ms: float
     labels_gflops: float
     total_ms: float = 0.0
-    n_labels: int = 0
     cache_misses: int = 0
 
     @property
@@ -165,9 +164,8 @@ class TaggingService:
     async def drain(self, timeout: float) -> bool:
         """Refuse new work, wait for in-flight requests (max `timeout` s). True if drained."""
         if self.state is not State.FAILED:
-            self._set_state(State.DRAINING)
-        if self.batcher is not None:
-            self.batcher.close_intake()
+            self._set_state(State.DRAINING)  # new requests are refused from here on; the
+            # admitted ones still go through the batcher (which closes only in close())
         log.info("draining: %d request(s) in flight", self._in_flight)
         try:
             await asyncio.wait_for(self._quiet.wait(), timeout)
@@ -290,8 +288,7 @@ class TaggingService:
         return TagOutcome(
             model={"name": m.name, "version": m.version}, results=results,
             duplicates_removed=clean.duplicates, labels_ms=_ms(labels_s),
-            labels_gflops=m.gflops.label * misses, n_labels=len(clean.texts),
-            cache_misses=misses)
+            labels_gflops=m.gflops.label * misses, cache_misses=misses)
 
     async def _prepare(self, data: bytes, index: int) -> tuple[np.ndarray, float, float]:
         loop = asyncio.get_running_loop()

@@ -66,7 +66,9 @@ def test_labels_echoed_exactly_and_scores_independent(http, png):
     tags = tag_multipart(http, png, odd).json()["tags"]
     assert {t["label"] for t in tags} == set(odd)
     alone = _scores(tag_multipart(http, png, ["dog"]))["dog"]
-    assert _scores(tag_multipart(http, png, ["dog", *LABELS[1:]]))["dog"] == alone
+    # (embedding batch composition may move the last float bits, nothing more)
+    assert _scores(tag_multipart(http, png, ["dog", *LABELS[1:]]))["dog"] == pytest.approx(
+        alone, abs=1e-6)
     # normalisation is for the cache key only: same score as the plain spelling
     assert _scores(tag_multipart(http, png, ["red car"]))["red car"] == pytest.approx(
         {t["label"]: t["score"] for t in tags}["  Red   CAR "], abs=1e-6)
