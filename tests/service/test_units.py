@@ -238,3 +238,43 @@ def test_proto_stubs_regenerate_when_stale(tmp_path, monkeypatch):
     assert "from . import tagger_pb2" in grpc_code
     (tmp_path / "_generated" / "SOURCE_SHA256").write_text("old\n")
     assert not protos.is_current()
+
+
+# --- the app in-process: factory, readiness states -----------------------------------------
+def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from service.api.http import create_app
+    from service.server import build_service
+
+    settings = Settings(model=model_dir, vocab_dir=tmp_path, http_port=0, grpc_port=0)
+    with TestClient(create_app(settings=settings)) as client:  # owns its service
+        assert client.get("/readyz").status_code == 200
+        r = client.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": ["dog"]})
+        assert r.status_code == 200
+
+    service = build_service(settings)
+    gate = threading.Event()
+    warmup = service.engine.warmup
+    service.engine.warmup = lambda: (gate.wait(10), warmup())
+    with TestClient(create_app(service)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "still loading" in r.json()["error"]["message"]
+        r = client.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": ["dog"]})
+        assert r.status_code == 503 and client.get("/livez").status_code == 200
+        gate.set()
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/readyz").status_code == 200
+
+    broken = build_service(settings)
+    broken.engine.warmup = lambda: 1 / 0
+    with TestClient(create_app(broken)) as client:
+        deadline = time.monotonic() + 10
+        while broken.state.value != "failed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "failed warm-up" in r.json()["error"]["message"]
