@@ -180,6 +180,7 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocols", nargs="+", default=["raw", "rest", "grpc"],
                         choices=["raw", "rest", "grpc"])
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve.json"))
+    parser.add_argument("--note", default="", help="context recorded with the results")
 
 
 def _add_training_commands(sub: argparse._SubParsersAction,

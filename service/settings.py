@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     engine: EngineName = Field("onnxruntime-cpu", description="runtime engine")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    intra_op_spinning: bool = Field(
+        False, description="ONNX Runtime threads busy-wait between ops (only pays off on cores "
+        "not shared with the HTTP/gRPC/preprocessing threads)")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     memory_arena: bool = Field(True, description="ONNX Runtime CPU memory arena")
     device_id: int = Field(0, ge=0, description="GPU ordinal for the GPU engines")

@@ -76,6 +76,8 @@ class OnnxRuntimeEngine(Engine):
         options.inter_op_num_threads = settings.inter_op_threads
         options.enable_cpu_mem_arena = settings.memory_arena
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if settings.intra_op_spinning else "0")
         self._providers = providers_for(settings)
         self.visual = self._session(artifact, "visual", options)
         self.text = self._session(artifact, "text", options)

@@ -249,9 +249,15 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
     from service.api.http import create_app
     from service.server import build_service
 
+    def until_ready(client: TestClient) -> int:
+        deadline = time.monotonic() + 10
+        while (code := client.get("/readyz").status_code) != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return code
+
     settings = Settings(model=model_dir, vocab_dir=tmp_path, http_port=0, grpc_port=0)
     with TestClient(create_app(settings=settings)) as client:  # owns its service
-        assert client.get("/readyz").status_code == 200
+        assert until_ready(client) == 200
         r = client.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": ["dog"]})
         assert r.status_code == 200
 
@@ -265,10 +271,7 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
         r = client.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": ["dog"]})
         assert r.status_code == 503 and client.get("/livez").status_code == 200
         gate.set()
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert client.get("/readyz").status_code == 200
+        assert until_ready(client) == 200
 
     broken = build_service(settings)
     broken.engine.warmup = lambda: 1 / 0
