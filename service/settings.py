@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         "fill while another batch runs; an idle engine never waits (so with one inference "
         "worker batches form from what queued during the previous batch)"
     )
-    max_queue_size: int = Field(256, ge=1, description="queued images before 429")
+    max_queue_size: int = Field(
+        256, ge=1, description="images waiting for inference; the server holds at most this "
+        "plus inference_workers x max_batch_size images (decoding, queued, running), 429 beyond")
     inference_workers: int = Field(1, ge=1, le=16, description="batches run concurrently")
     preprocess_workers: int = Field(2, ge=1, le=64, description="decode/preprocess threads")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")

@@ -33,9 +33,11 @@ class TagParams(BaseModel):
         None, description="name of a stored vocabulary, instead of `labels`")
     top_k: int | None = Field(None, ge=1, description="keep the best k (default: all, ranked)")
     threshold: float | None = Field(
-        None, description="keep tags whose probability (raw score if uncalibrated) >= this")
+        None, allow_inf_nan=False,
+        description="keep tags whose probability (raw score if uncalibrated) >= this")
     timeout_ms: float | None = Field(
-        None, gt=0, description="deadline for this request (capped by the server's)")
+        None, gt=0, allow_inf_nan=False,
+        description="deadline for this request (capped by the server's)")
 
 
 class TagJSONRequest(TagParams):

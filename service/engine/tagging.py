@@ -24,6 +24,7 @@ from service.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    QueueFull,
     Unavailable,
 )
 from service.imaging import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
@@ -103,6 +104,7 @@ class TaggingService:
         self.embedder = LabelEmbedder(engine, self.cache, self._label_pool, self.metrics)
         self.batcher: DynamicBatcher | None = None
         self._in_flight = 0
+        self._images_in_flight = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._vocab_tasks: dict[str, asyncio.Future] = {}
@@ -190,14 +192,28 @@ class TaggingService:
                   State.FAILED: self.failure or "the model failed to load"}[self.state]
         raise Unavailable(f"not ready: {reason}")
 
-    def _enter(self) -> None:
+    def _enter(self, images: int) -> None:
+        """Admit a request, or refuse it: not ready (503) or over capacity (429).
+
+        Capacity counts images anywhere in the pipeline (decoding, queued, running): the
+        batch queue plus one batch per inference worker, so decode work cannot pile up
+        unbounded in front of the queue either.
+        """
         self.check_ready()
+        s = self.settings
+        capacity = s.max_queue_size + s.inference_workers * s.max_batch_size
+        if self._images_in_flight + images > capacity and self._images_in_flight:
+            raise QueueFull(f"server at capacity ({self._images_in_flight} images in flight, "
+                            f"limit {capacity}); retry after {s.retry_after_s}s",
+                            retry_after_s=s.retry_after_s)
         self._in_flight += 1
+        self._images_in_flight += images
         self._quiet.clear()
         self.metrics.in_flight.set(self._in_flight)
 
-    def _exit(self) -> None:
+    def _exit(self, images: int) -> None:
         self._in_flight -= 1
+        self._images_in_flight -= images
         self.metrics.in_flight.set(self._in_flight)
         if self._in_flight == 0:
             self._quiet.set()
@@ -214,7 +230,7 @@ class TaggingService:
                   vocabulary: str | None = None, options: TagOptions = TagOptions()) -> TagOutcome:
         """Tag images against caller labels or a stored vocabulary."""
         start = time.perf_counter()
-        self._enter()
+        self._enter(len(images))
         try:
             timeout = min(options.timeout_s or self.settings.request_timeout_s,
                           self.settings.request_timeout_s)
@@ -226,7 +242,7 @@ class TaggingService:
                 raise DeadlineExceeded(
                     f"request did not finish within its deadline of {timeout:g}s") from None
         finally:
-            self._exit()
+            self._exit(len(images))
         outcome.total_ms = _ms(time.perf_counter() - start)
         self.metrics.gflops.inc(outcome.gflops_total)
         return outcome
