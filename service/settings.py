@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     intra_op_spinning: bool = Field(
         False, description="ONNX Runtime threads busy-wait between ops (only pays off on cores "
         "not shared with the HTTP/gRPC/preprocessing threads)")
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level")
     memory_arena: bool = Field(True, description="ONNX Runtime CPU memory arena")
     device_id: int = Field(0, ge=0, description="GPU ordinal for the GPU engines")
     fp16: bool = Field(False, description="fp16 on GPU engines (TensorRT / torch)")
@@ -77,8 +78,9 @@ class Settings(BaseSettings):
     # --- operations -----------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="Bearer key for tag/vocabulary/models")
     drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: wait for in-flight work")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line with the request id; text: for humans")
 
     @field_validator("api_key", mode="before")
     @classmethod
