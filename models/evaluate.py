@@ -1,0 +1,150 @@
+"""`ml2p eval`: ZSL / GZSL accuracy of trained checkpoints beside ConSE and a random ranking.
+
+Several checkpoints (one per seed) are reported as their mean with a bootstrap 95 % interval
+over test images (the same resamples for every method, so paired differences are meaningful).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.heads import create_head
+from models.label_embedders import create_embedder
+from models.metrics import evaluate_zsl_gzsl, mean_average_precision
+from models.tagger import load_checkpoint
+from models.train import SplitData, load_split, predict
+from models.vocab import imagenet_class_names
+
+METRICS = ("map", "f1_3", "f1_5")
+INCLUSION = "all"  # every de-duplicated test image counts, for mAP and F1@K alike
+
+
+def conse_scores(split: SplitData, top_t: int = 10) -> np.ndarray:
+    """Training-free ConSE on the backbone's own ImageNet classifier (method.md §3)."""
+    embedder = create_embedder("minilm")
+    head = create_head("conse", dim=embedder.dim, top_t=top_t)
+    head.set_class_vectors(torch.from_numpy(embedder.embed(imagenet_class_names())))
+    labels = torch.from_numpy(embedder.embed(split.label_names))
+    logits = torch.from_numpy(np.asarray(split.cache.logits[split.rows], dtype=np.float32))
+    with torch.no_grad():
+        return head.score(head(None, logits), labels).numpy()
+
+
+def random_scores(split: SplitData, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(split.targets.shape).astype(np.float32)
+
+
+def summarise(score_sets: list[np.ndarray], split: SplitData) -> dict:
+    """Mean over score sets (seeds / draws) of the ZSL and GZSL metrics."""
+    runs = [evaluate_zsl_gzsl(s, split.targets, split.label_names, split.seen,
+                              include=INCLUSION) for s in score_sets]
+    out: dict = {}
+    for setting in ("zsl", "gzsl"):
+        out[setting] = {m: float(np.mean([r[setting][m] for r in runs])) for m in METRICS}
+        if len(runs) > 1:
+            out[setting]["per_run_map"] = [r[setting]["map"] for r in runs]
+    return out
+
+
+def bootstrap_map(score_sets: list[np.ndarray], split: SplitData, samples: int,
+                  seed: int = 0) -> dict:
+    """95 % interval of the seed-mean mAP, resampling test images with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(split.targets)
+    columns = {"zsl": np.flatnonzero(~split.seen), "gzsl": np.arange(len(split.seen))}
+    draws: dict[str, list[float]] = {k: [] for k in columns}
+    for _ in range(samples):
+        index = rng.integers(0, n, n)
+        for setting, cols in columns.items():
+            targets = split.targets[np.ix_(index, cols)]
+            draws[setting].append(float(np.mean([
+                mean_average_precision(s[np.ix_(index, cols)], targets, include=INCLUSION)
+                for s in score_sets])))
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+            for k, v in draws.items()}, draws
+
+
+def evaluate_checkpoints(checkpoints: list[Path], datasets: list[str], out: Path,
+                         bootstrap: int = 1000) -> dict:
+    """Evaluate checkpoints (one per seed) on each dataset's test split and write the table."""
+    taggers = [load_checkpoint(path) for path in checkpoints]
+    embedder = create_embedder(taggers[0].config["embedder"]["kind"])
+    backbone = taggers[0].config["backbone"]
+    report: dict = {
+        "command": "ml2p eval " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else
+                                           [str(c) for c in checkpoints]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoints": [str(c) for c in checkpoints],
+        "inclusion_rule": "all de-duplicated test images; labels without a positive are "
+                          "skipped in mAP; F1@K micro-averaged over all images",
+        "bootstrap_samples": bootstrap,
+        "datasets": {},
+    }
+    for name in datasets:
+        split = load_split(name, "test", backbone)
+        ml2p = []
+        for tagger in taggers:
+            vectors = tagger.transform_labels(torch.from_numpy(embedder.embed(split.label_names)))
+            ml2p.append(predict(tagger, split, vectors.detach()))
+        methods = {
+            "random": [random_scores(split, seed) for seed in range(10)],
+            "conse": [conse_scores(split)],
+            "ml2p": ml2p,
+        }
+        entry = {
+            "test_images": int(len(split.rows)),
+            "labels": len(split.label_names),
+            "unseen_labels": int((~split.seen).sum()),
+            "methods": {m: summarise(s, split) for m, s in methods.items()},
+        }
+        if bootstrap:
+            boot = {m: bootstrap_map(methods[m], split, bootstrap) for m in ("conse", "ml2p")}
+            for m, (interval, _) in boot.items():
+                for setting in ("zsl", "gzsl"):
+                    entry["methods"][m][setting]["map_ci95"] = interval[setting]
+            diffs = {s: np.array(boot["ml2p"][1][s]) - np.array(boot["conse"][1][s])
+                     for s in ("zsl", "gzsl")}
+            entry["ml2p_minus_conse_map_ci95"] = {
+                s: [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
+                for s, d in diffs.items()}
+        report["datasets"][name] = entry
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown_table(report))
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["# Zero-shot accuracy", "",
+             f"Command: `{report['command']}` ({report['created']}). "
+             f"Inclusion: {report['inclusion_rule']}. mAP, F1@3, F1@5 in %; ML2P is the mean of "
+             f"{len(report['checkpoints'])} seed(s), [95 % bootstrap interval of mAP, "
+             f"{report['bootstrap_samples']} resamples of test images].", ""]
+    for name, entry in report["datasets"].items():
+        lines += [f"## {name}: {entry['test_images']} test images, {entry['labels']} labels "
+                  f"({entry['unseen_labels']} unseen)", "",
+                  "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
+                  "|---|---|---|---|---|---|---|"]
+        for method, values in entry["methods"].items():
+            cells = []
+            for setting in ("zsl", "gzsl"):
+                for metric in METRICS:
+                    cell = f"{100 * values[setting][metric]:.1f}"
+                    if metric == "map" and "map_ci95" in values[setting]:
+                        lo, hi = values[setting]["map_ci95"]
+                        cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+                    cells.append(cell)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if "ml2p_minus_conse_map_ci95" in entry:
+            d = entry["ml2p_minus_conse_map_ci95"]
+            lines += ["", f"ML2P − ConSE mAP, 95 % interval: ZSL [{100 * d['zsl'][0]:+.1f}, "
+                          f"{100 * d['zsl'][1]:+.1f}], GZSL [{100 * d['gzsl'][0]:+.1f}, "
+                          f"{100 * d['gzsl'][1]:+.1f}]"]
+        lines.append("")
+    return "\n".join(lines)

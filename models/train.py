@@ -1,0 +1,301 @@
+"""Training on cached frozen-backbone features (`ml2p train`).
+
+Several datasets train jointly over the union of their *seen* labels; a label that is unseen in
+any evaluated dataset is removed from every training label set and from the distillation
+targets, so zero-shot stays zero-shot across datasets. Labels of another dataset are "unknown"
+(-1) for an image and never used as its negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.data import load_dataset
+from models.features import FeatureCache, build_feature_cache
+from models.label_embedders import create_embedder
+from models.losses import distillation_loss, ml2p_loss
+from models.metrics import evaluate_zsl_gzsl
+from models.tagger import Tagger, build_tagger, save_checkpoint
+from models.vocab import imagenet_class_names, imagenet_exclusion_mask, unseen_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (hashed for the checkpoint cache)."""
+
+    model: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    datasets: tuple[str, ...] = ("voc2007", "emojitags")
+    eval_datasets: tuple[str, ...] = ("voc2007", "emojitags")
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    lam: float = 0.0  # weight of L_reg (method.md §2); 0.4 in the released hyper-parameters
+    negatives: int = 0  # sampled negatives per image; 0 = every known negative
+    distill_weight: float = 1.0
+    distill_teacher_temperature: float = 1.0
+    distill_student_scale: float = 20.0
+    max_train_images: dict = field(default_factory=dict)  # per dataset cap (subsampling)
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["datasets"] = list(self.datasets)
+        data["eval_datasets"] = list(self.eval_datasets)
+        return data
+
+
+DEFAULT_MODEL = {
+    "name": "ml2p-lite0",
+    "backbone": "efficientnet_lite0",
+    "head": "ml2p",
+    "head_kwargs": {"groups": 7, "widths": (64, 128, 256), "residual": False},
+    "embedder": {"kind": "minilm"},
+    "dim": 128,
+    "label_projection": True,
+}
+
+
+@dataclass
+class SplitData:
+    """Cached features of one split, restricted to its valid images, with targets."""
+
+    name: str
+    cache: FeatureCache
+    rows: np.ndarray  # indices of valid images in the cache
+    targets: np.ndarray  # [N, L] int8, 1/0/-1, in the split's own label order
+    label_names: list[str]
+    seen: np.ndarray  # [L] bool
+
+
+def load_split(dataset: str, split: str, backbone: str, limit: int | None = None,
+               seed: int = 0) -> SplitData:
+    data = load_dataset(dataset, split)
+    cache = build_feature_cache(f"{dataset}-{split}", list(data.image_paths), backbone)
+    rows = np.flatnonzero(cache.valid)
+    if limit is not None and limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+    return SplitData(dataset, cache, rows, np.asarray(data.targets)[rows], list(data.label_names),
+                     np.asarray(data.seen, dtype=bool))
+
+
+def gather(split: SplitData, index: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    rows = split.rows[index]
+    taps = tuple(torch.from_numpy(np.asarray(tap[rows], dtype=np.float32)) for tap in split.cache.taps)
+    logits = torch.from_numpy(np.asarray(split.cache.logits[rows], dtype=np.float32))
+    return taps, logits
+
+
+@torch.no_grad()
+def predict(tagger: Tagger, split: SplitData, label_vectors: torch.Tensor,
+            batch_size: int = 128) -> np.ndarray:
+    """Scores [N, L] of every valid image of `split` against transformed `label_vectors`."""
+    tagger.eval()
+    out = []
+    for start in range(0, len(split.rows), batch_size):
+        taps, logits = gather(split, np.arange(start, min(start + batch_size, len(split.rows))))
+        out.append(tagger.score(tagger.encode_from_taps(taps, logits), label_vectors).numpy())
+    return np.concatenate(out)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Trainer:
+    """Joint multi-dataset trainer of a Tagger head on cached features."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        backbone = config.model["backbone"]
+        self.excluded = unseen_labels(config.eval_datasets)
+        self.train_splits = [
+            load_split(name, "train", backbone, config.max_train_images.get(name), config.seed)
+            for name in config.datasets
+        ]
+        self.val_splits = [load_split(name, "val", backbone) for name in config.eval_datasets]
+        # the joint training label space: seen labels of every training dataset, minus every
+        # label that is unseen anywhere we evaluate
+        names: list[str] = []
+        for split in self.train_splits:
+            for label, seen in zip(split.label_names, split.seen, strict=True):
+                if seen and label not in self.excluded and label not in names:
+                    names.append(label)
+        self.label_names = names
+        self.embedder = create_embedder(config.model["embedder"]["kind"])
+        self.imagenet_names = imagenet_class_names()
+        self.imagenet_keep = torch.from_numpy(~imagenet_exclusion_mask(self.excluded))
+        raw_labels = self.embedder.embed(names)
+        raw_imagenet = self.embedder.embed(self.imagenet_names)
+        self.raw_labels = torch.from_numpy(raw_labels)
+        self.raw_imagenet = torch.from_numpy(raw_imagenet)
+        model_config = dict(config.model, embed_dim=int(raw_labels.shape[1]))
+        self.tagger = build_tagger(model_config)
+        # a fixed centring mean over a broad vocabulary: sentence-embedding vectors are
+        # anisotropic, and ranking against raw vectors collapses to constant scores
+        self.tagger.label_transform.fit_mean(np.concatenate([raw_labels, raw_imagenet]))
+        self.index = self._joint_index()
+
+    def _joint_index(self) -> list[tuple[int, int]]:
+        return [(s, i) for s, split in enumerate(self.train_splits) for i in range(len(split.rows))]
+
+    def _joint_targets(self, split: SplitData, index: np.ndarray) -> torch.Tensor:
+        """Targets of `split` rows in the joint label space; other datasets' labels unknown."""
+        joint = np.full((len(index), len(self.label_names)), -1, dtype=np.int8)
+        position = {name: i for i, name in enumerate(self.label_names)}
+        for col, name in enumerate(split.label_names):
+            if name in position:
+                joint[:, position[name]] = split.targets[index, col]
+        return torch.from_numpy(joint)
+
+    def _batches(self, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
+        order = rng.permutation(len(self.index))
+        size = self.config.batch_size
+        return [[self.index[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+
+    def _step_loss(self, batch: list[tuple[int, int]]) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        parts = []
+        for s, split in enumerate(self.train_splits):
+            index = np.array([i for bs, i in batch if bs == s], dtype=np.int64)
+            if len(index):
+                parts.append((split, index))
+        taps_parts, logits_parts, targets_parts = [], [], []
+        for split, index in parts:
+            taps, logits = gather(split, index)
+            taps_parts.append(taps)
+            logits_parts.append(logits)
+            targets_parts.append(self._joint_targets(split, index))
+        taps = tuple(torch.cat([t[k] for t in taps_parts]) for k in range(3))
+        logits = torch.cat(logits_parts)
+        targets = torch.cat(targets_parts)
+        groups = self.tagger.encode_from_taps(taps, logits)  # [B, G, D]
+        labels = self.tagger.transform_labels(self.raw_labels)  # [L, D]
+        scores = self.tagger.score(groups, labels)  # [B, L]
+        loss = ml2p_loss(scores, targets, groups, labels, cfg.lam, negatives=cfg.negatives)
+        stats = {"rank": float(loss)}
+        if cfg.distill_weight > 0:
+            imagenet = self.tagger.transform_labels(self.raw_imagenet)  # [1000, D]
+            student = self.tagger.score(groups, imagenet) * cfg.distill_student_scale
+            distill = distillation_loss(student, logits, cfg.distill_teacher_temperature,
+                                        keep_mask=self.imagenet_keep)
+            stats["distill"] = float(distill)
+            loss = loss + cfg.distill_weight * distill
+        return loss, stats
+
+    def validate(self) -> dict:
+        results = {}
+        for split in self.val_splits:
+            vectors = self.tagger.transform_labels(
+                torch.from_numpy(self.embedder.embed(split.label_names))).detach()
+            scores = predict(self.tagger, split, vectors)
+            metrics = evaluate_zsl_gzsl(scores, split.targets, split.label_names, split.seen)
+            results[split.name] = metrics
+        self.tagger.train()
+        return results
+
+    def fit(self, resume: bool = True) -> dict:
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        params = [p for p in self.tagger.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(self.index) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+
+        def schedule(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        history: list[dict] = []
+        start_epoch = 0
+        state_path = self.out_dir / "train_state.pt"
+        if resume and state_path.exists():
+            state = torch.load(state_path, weights_only=False)
+            self.tagger.load_state_dict(state["tagger"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, start_epoch = state["history"], state["epoch"]
+            log.info("resumed from %s at epoch %d", state_path, start_epoch)
+        rng = np.random.default_rng(cfg.seed + start_epoch)
+        self.tagger.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            sums: dict[str, float] = {}
+            batches = self._batches(rng)
+            for batch in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                              mininterval=5):
+                loss, stats = self._step_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                optimizer.step()
+                scheduler.step()
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
+                      **{k: v / len(batches) for k, v in sums.items()},
+                      "val": self.validate()}
+            history.append(record)
+            log.info("epoch %d: %s", epoch + 1, json.dumps(record))
+            torch.save({"tagger": self.tagger.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "history": history,
+                        "epoch": epoch + 1}, state_path)
+        (self.out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        provenance = {"train_config": cfg.to_json(), "git_commit": git_commit(),
+                      "train_labels": len(self.label_names),
+                      "train_images": {s.name: len(s.rows) for s in self.train_splits},
+                      "excluded_labels": sorted(self.excluded)}
+        save_checkpoint(self.tagger, self.out_dir / "model.pt", history=history,
+                        provenance=provenance)
+        return {"history": history, "checkpoint": str(self.out_dir / "model.pt")}
+
+
+def train(config: TrainConfig, out_dir: Path, resume: bool = True) -> dict:
+    return Trainer(config, out_dir).fit(resume=resume)
+
+
+def scores_to_probabilities(scores: np.ndarray, a: float, b: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(a * scores + b)))
+
+
+def fit_calibration(scores: np.ndarray, targets: np.ndarray, steps: int = 500) -> dict:
+    """Logistic fit score -> P(label applies) on known (non -1) entries."""
+    known = targets >= 0
+    x = torch.from_numpy(scores[known].astype(np.float32))
+    y = torch.from_numpy((targets[known] == 1).astype(np.float32))
+    a = torch.tensor(10.0, requires_grad=True)
+    b = torch.tensor(0.0, requires_grad=True)
+    optimizer = torch.optim.LBFGS([a, b], max_iter=steps)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(a * x + b, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return {"kind": "logistic", "a": float(a), "b": float(b), "fitted_on": int(known.sum())}
