@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models.baseline_losses import baseline_loss
 from models.data import load_dataset
 from models.features import FeatureCache, build_feature_cache
 from models.label_embedders import create_embedder
@@ -192,9 +193,13 @@ class Trainer:
         targets = torch.cat(targets_parts)
         groups = self.tagger.encode_from_taps(taps, logits)  # [B, G, D]
         labels = self.tagger.transform_labels(self.raw_labels)  # [L, D]
-        scores = self.tagger.score(groups, labels)  # [B, L]
-        loss = ml2p_loss(scores, targets, groups, labels, cfg.lam, negatives=cfg.negatives)
-        stats = {"rank": float(loss)}
+        head = cfg.model["head"]
+        if head == "ml2p":
+            scores = self.tagger.score(groups, labels)  # [B, L]
+            loss = ml2p_loss(scores, targets, groups, labels, cfg.lam, negatives=cfg.negatives)
+            stats = {"rank": float(loss)}
+        else:  # a baseline: its own loss (models/baseline_losses.py)
+            loss, stats = baseline_loss(head, self.tagger.head, groups, labels, targets)
         if cfg.distill_weight > 0:
             imagenet = self.tagger.transform_labels(self.raw_imagenet)  # [1000, D]
             student = self.tagger.score(groups, imagenet) * cfg.distill_student_scale
