@@ -3,7 +3,7 @@ PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 ML2P_MODEL ?= models/zoo/default
 export ML2P_MODEL
 
-.PHONY: proto serve test lint
+.PHONY: proto serve test lint compose-check
 
 proto:  ## generate the gRPC stubs into service/_generated/ (also done on first import)
 	$(PYTHON) -m service.protos
@@ -16,3 +16,6 @@ test: proto  ## the whole test-suite
 
 lint:
 	$(PYTHON) -m ruff check .
+
+compose-check: proto  ## check docker-compose.yml, docker/, deploy/ against the code (+ real Prometheus if installed)
+	$(PYTHON) -m pytest tests/deploy -q

@@ -1,0 +1,217 @@
+"""docker/Dockerfile and docker/Dockerfile.gpu against the repository (no Docker needed).
+
+Every command a RUN line gives to `ml2p`, `python -m` or `make` must exist here; COPY sources
+must exist and survive .dockerignore; ENV names must be settings; the health check must pass
+against a real server; the serving stage must stay free of torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from deploy_support import (
+    REPO,
+    URL_PATHS,
+    Dockerfile,
+    dockerignore_excludes,
+    make_targets,
+    module_in_repo,
+    parse_dockerfile,
+    parse_env,
+    shell_commands,
+)
+
+from service.cli import build_parser
+from service.settings import Settings
+from service.testing import free_port
+
+CPU, GPU = "docker/Dockerfile", "docker/Dockerfile.gpu"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+PREFIX = Settings.model_config["env_prefix"]
+
+
+@pytest.fixture(params=[CPU, GPU], scope="module")
+def dockerfile(request) -> Dockerfile:
+    return parse_dockerfile(REPO / request.param)
+
+
+def ml2p_commands() -> set[str]:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+def runtime_env(dockerfile: Dockerfile) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in dockerfile.of("ENV", "runtime"):
+        env |= parse_env(instruction.value)
+    return env
+
+
+def runtime_settings(dockerfile: Dockerfile, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in [k for k in os.environ if k.startswith(PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in runtime_env(dockerfile).items():
+        if key.startswith(PREFIX):
+            monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_stages(dockerfile):
+    assert [name for _, name in dockerfile.stages] == ["builder", "runtime"]
+    (builder, _), (runtime, _) = dockerfile.stages
+    assert builder == "python:3.11-slim"
+    if dockerfile.path.name == "Dockerfile":
+        assert runtime == "python:3.11-slim"
+    else:
+        assert runtime.startswith("nvidia/cuda:")
+
+
+def test_run_commands_refer_to_real_things(dockerfile):
+    subcommands, targets = ml2p_commands(), make_targets(REPO / "Makefile")
+    seen = []
+    for run in dockerfile.of("RUN"):
+        for cmd in shell_commands(run.value):
+            prog = Path(cmd[0]).name
+            if prog == "ml2p":
+                assert cmd[1] in subcommands, f"`ml2p {cmd[1]}` is not a command"
+            elif re.fullmatch(r"python3?(\.\d+)?", prog) and "-m" in cmd:
+                module = cmd[cmd.index("-m") + 1]
+                assert module_in_repo(module) or importlib.util.find_spec(module), \
+                    f"`python -m {module}`: no such module"
+                seen.append(("python -m", module))
+            elif prog == "make":
+                goals = [a for a in cmd[1:] if not a.startswith("-") and "=" not in a]
+                missing = [g for g in goals if g not in targets]
+                assert not missing, f"`{' '.join(cmd)}`: no Makefile target {missing}"
+                seen += [("make", g) for g in goals]
+    # the builder makes the artifact exactly as `make model` does, and the gRPC stubs
+    assert ("make", "model") in seen and ("python -m", "service.protos") in seen
+    assert module_in_repo("service.protos")
+
+
+def test_entrypoint_is_ml2p_serve(dockerfile):
+    (entry,) = dockerfile.of("ENTRYPOINT")
+    assert json.loads(entry.value) == ["ml2p", "serve"]
+    assert PYPROJECT["project"]["scripts"]["ml2p"] == "service.cli:main"
+    assert "serve" in ml2p_commands()
+
+
+def test_torch_only_in_the_builder(dockerfile):
+    train = PYPROJECT["project"]["optional-dependencies"]["train"]
+    (pin,) = [r for r in train if r.startswith("torch")]
+    builder_runs = " ".join(i.value for i in dockerfile.of("RUN", "builder"))
+    assert f"--index-url https://download.pytorch.org/whl/cpu {pin}" in builder_runs
+    extras = re.findall(r"\.\[(\w+)\]", builder_runs)
+    assert extras == ["train"] and set(extras) <= set(PYPROJECT["project"][
+        "optional-dependencies"])
+    runtime_runs = " ".join(i.value for i in dockerfile.of("RUN", "runtime"))
+    assert "torch" not in runtime_runs and not re.search(r"\.\[\w+\]", runtime_runs)
+    assert "pip install -e ." in runtime_runs
+
+
+def test_runtime_user_is_not_root(dockerfile):
+    users = dockerfile.of("USER", "runtime")
+    assert users and users[-1].value not in {"root", "0", "0:0"}
+
+
+def test_exposed_ports_are_the_settings_defaults(dockerfile, monkeypatch):
+    (expose,) = dockerfile.of("EXPOSE")
+    settings = runtime_settings(dockerfile, monkeypatch)
+    assert {int(p) for p in expose.value.split()} == {settings.http_port, settings.grpc_port}
+    fields = Settings.model_fields
+    assert (settings.http_port, settings.grpc_port) == (fields["http_port"].default,
+                                                        fields["grpc_port"].default)
+
+
+def test_env_names_are_settings_and_paths_are_in_the_image(dockerfile, monkeypatch):
+    env = runtime_env(dockerfile)
+    unknown = [k for k in env if k.startswith(PREFIX)
+               and k[len(PREFIX):].lower() not in Settings.model_fields]
+    assert not unknown, unknown
+    settings = runtime_settings(dockerfile, monkeypatch)  # validates every value
+    assert settings.host == "0.0.0.0"
+    copies = {line.value.split()[-1] for line in dockerfile.of("COPY", "runtime")}
+    workdir = dockerfile.of("WORKDIR", "runtime")[-1].value
+    copied = {c if c.startswith("/") else f"{workdir}/{c.removeprefix('./')}" for c in copies}
+    assert str(settings.model) in copied, "ML2P_MODEL is not where the artifact is copied"
+    volumes = " ".join(v.value for v in dockerfile.of("VOLUME"))
+    assert str(settings.vocab_dir) in volumes
+    if settings.engine == "onnxruntime-gpu":
+        assert str(settings.trt_cache_dir) in volumes
+
+
+def _builder_outputs() -> set[str]:
+    """Paths the builder stage creates: the artifact (`make model`) and the stubs."""
+    match = re.search(r"^ML2P_MODEL\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.M)
+    assert match, "Makefile sets no ML2P_MODEL default"
+    assert Path(match[1]) == Settings.model_fields["model"].default
+    return {match[1], "service/_generated"}
+
+
+def test_copy_sources_exist_and_are_in_the_context(dockerfile):
+    ignore = REPO / ".dockerignore"
+    builder_dir = dockerfile.of("WORKDIR", "builder")[-1].value.rstrip("/")
+    for line in dockerfile.of("COPY"):
+        args = line.value.split()
+        origin = next((a.split("=", 1)[1] for a in args if a.startswith("--from=")), None)
+        sources = [a for a in args[:-1] if not a.startswith("--")]
+        for source in sources:
+            if origin is None:
+                rel = source.removeprefix("./") or "."
+            else:
+                assert origin == "builder" and source.startswith(builder_dir + "/"), line
+                rel = source[len(builder_dir) + 1:]
+            if rel in _builder_outputs():
+                continue
+            assert (REPO / rel).exists(), f"COPY {source}: {rel} is not in the repository"
+            if rel != ".":
+                assert not dockerignore_excludes(ignore, rel), f"{rel} is .dockerignored"
+
+
+def test_dockerignore_keeps_sources_and_drops_local_builds():
+    ignore = REPO / ".dockerignore"
+    tracked = subprocess.run(["git", "ls-files", "pyproject.toml", "Makefile", "service",
+                              "models", "proto"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert "pyproject.toml" in tracked and "proto/tagger.proto" in tracked
+    dropped = [p for p in tracked if dockerignore_excludes(ignore, p)]
+    assert not dropped, f"needed by the builder but .dockerignored: {dropped}"
+    for local in (".venv/bin/python", ".git/HEAD", "service/_generated/tagger_pb2.py",
+                  "models/zoo/default/visual.onnx", "service/__pycache__/cli.cpython-311.pyc"):
+        assert dockerignore_excludes(ignore, local), f"{local} would enter the build context"
+
+
+def _health_command(dockerfile: Dockerfile) -> list[str]:
+    (check,) = dockerfile.of("HEALTHCHECK")
+    _, _, command = check.value.partition("CMD ")
+    return json.loads(command)
+
+
+def test_healthcheck_hits_readyz_and_works(dockerfile, live):
+    command = _health_command(dockerfile)
+    assert command[0] == "python"
+    assert URL_PATHS.findall(" ".join(command)) == ["/readyz"] and "/readyz" in live.routes
+    run = [sys.executable, *command[1:]]
+    ok = subprocess.run(run, env={"ML2P_HTTP_PORT": str(live.server.http_port)}, timeout=30)
+    assert ok.returncode == 0
+    down = subprocess.run(run, env={"ML2P_HTTP_PORT": str(free_port())}, timeout=30,
+                          capture_output=True)
+    assert down.returncode != 0
+
+
+def test_gpu_image_is_marked_untested_and_uses_the_gpu_engine():
+    text = (REPO / GPU).read_text()
+    assert "UNTESTED" in text
+    gpu = parse_dockerfile(REPO / GPU)
+    assert runtime_env(gpu)["ML2P_ENGINE"] == "onnxruntime-gpu"
+    assert "onnxruntime-gpu" in " ".join(i.value for i in gpu.of("RUN", "runtime"))
+    assert "untested" in (REPO / "docs" / "deploy.md").read_text().lower()
