@@ -97,12 +97,14 @@ def build_feature_cache(
     name: str,
     image_paths: list[Path],
     backbone: str = "efficientnet_lite0",
-    spec: Preprocessing = Preprocessing(),
+    spec: Preprocessing | None = None,
     batch_size: int = 32,
     threads: int | None = None,
 ) -> FeatureCache:
     """Compute (or reuse) the cached backbone outputs for `image_paths`, in order."""
-    directory = cache_root() / "features" / f"{name}-{backbone}-{_cache_key(backbone, spec, image_paths)}"
+    spec = spec or Preprocessing()
+    key = _cache_key(backbone, spec, image_paths)
+    directory = cache_root() / "features" / f"{name}-{backbone}-{key}"
     if (directory / "meta.json").exists():
         return open_cache(directory)
     import onnxruntime as ort

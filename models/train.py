@@ -96,7 +96,7 @@ def load_split(dataset: str, split: str, backbone: str, limit: int | None = None
 
 def gather(split: SplitData, index: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     rows = split.rows[index]
-    taps = tuple(torch.from_numpy(np.asarray(tap[rows], dtype=np.float32)) for tap in split.cache.taps)
+    taps = tuple(torch.from_numpy(np.asarray(t[rows], dtype=np.float32)) for t in split.cache.taps)
     logits = torch.from_numpy(np.asarray(split.cache.logits[rows], dtype=np.float32))
     return taps, logits
 
@@ -215,8 +215,11 @@ class Trainer:
             vectors = self.tagger.transform_labels(
                 torch.from_numpy(self.embedder.embed(split.label_names))).detach()
             scores = predict(self.tagger, split, vectors)
-            metrics = evaluate_zsl_gzsl(scores, split.targets, split.label_names, split.seen)
-            results[split.name] = metrics
+            metrics = evaluate_zsl_gzsl(scores, split.targets, split.label_names, split.seen,
+                                        include="positive")
+            results[split.name] = {
+                setting: {k: round(float(metrics[setting][k]), 4) for k in ("map", "f1_3", "f1_5")}
+                for setting in ("zsl", "gzsl")}
         self.tagger.train()
         return results
 
