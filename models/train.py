@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.baseline_losses import baseline_loss
@@ -223,6 +222,19 @@ class Trainer:
         self.tagger.train()
         return results
 
+    def write_calibration_data(self, path: Path) -> None:
+        """Validation scores + targets (flattened, known entries only) for `ml2p export`."""
+        scores, targets = [], []
+        for split in self.val_splits:
+            vectors = self.tagger.transform_labels(
+                torch.from_numpy(self.embedder.embed(split.label_names))).detach()
+            split_scores = predict(self.tagger, split, vectors)
+            known = split.targets >= 0
+            scores.append(split_scores[known].astype(np.float16))
+            targets.append(split.targets[known].astype(np.int8))
+        self.tagger.train()
+        np.savez_compressed(path, scores=np.concatenate(scores), targets=np.concatenate(targets))
+
     def fit(self, resume: bool = True) -> dict:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,31 +291,9 @@ class Trainer:
                       "excluded_labels": sorted(self.excluded)}
         save_checkpoint(self.tagger, self.out_dir / "model.pt", history=history,
                         provenance=provenance)
+        self.write_calibration_data(self.out_dir / "calibration.npz")
         return {"history": history, "checkpoint": str(self.out_dir / "model.pt")}
 
 
 def train(config: TrainConfig, out_dir: Path, resume: bool = True) -> dict:
     return Trainer(config, out_dir).fit(resume=resume)
-
-
-def scores_to_probabilities(scores: np.ndarray, a: float, b: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(a * scores + b)))
-
-
-def fit_calibration(scores: np.ndarray, targets: np.ndarray, steps: int = 500) -> dict:
-    """Logistic fit score -> P(label applies) on known (non -1) entries."""
-    known = targets >= 0
-    x = torch.from_numpy(scores[known].astype(np.float32))
-    y = torch.from_numpy((targets[known] == 1).astype(np.float32))
-    a = torch.tensor(10.0, requires_grad=True)
-    b = torch.tensor(0.0, requires_grad=True)
-    optimizer = torch.optim.LBFGS([a, b], max_iter=steps)
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(a * x + b, y)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return {"kind": "logistic", "a": float(a), "b": float(b), "fitted_on": int(known.sum())}
