@@ -75,34 +75,70 @@ def test_stages(dockerfile):
         assert runtime.startswith("nvidia/cuda:")
 
 
+def _parses(argv: list[str], subcommands: set[str]) -> None:
+    """`ml2p ARGV` is a command with options the real CLI parser accepts."""
+    assert argv and argv[0] in subcommands, f"`ml2p {' '.join(argv)}`: no such command"
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"`ml2p {' '.join(argv)}`: the CLI rejects these arguments")
+
+
+def _check_command(cmd: list[str], seen: list[tuple[str, str]], subcommands: set[str],
+                   targets: set[str]) -> None:
+    """One simple command of a RUN line, or of a recipe that `make` would run for one."""
+    prog = Path(cmd[0]).name
+    if prog == "ml2p":
+        _parses(cmd[1:], subcommands)
+    elif re.fullmatch(r"python3?(\.\d+)?", prog) and "-m" in cmd:
+        module = cmd[cmd.index("-m") + 1]
+        assert module_in_repo(module) or importlib.util.find_spec(module), \
+            f"`python -m {module}`: no such module"
+        if module == "service.cli":
+            _parses(cmd[cmd.index("-m") + 2:], subcommands)
+        seen.append(("python -m", module))
+    elif prog == "make":
+        goals = [a for a in cmd[1:] if not a.startswith("-") and "=" not in a]
+        missing = [g for g in goals if g not in targets]
+        assert not missing, f"`{' '.join(cmd)}`: no Makefile target {missing}"
+        for goal in goals:
+            seen.append(("make", goal))
+            _check_make_recipe(goal, seen, subcommands, targets)
+
+
+def _check_make_recipe(goal: str, seen: list[tuple[str, str]], subcommands: set[str],
+                       targets: set[str]) -> None:
+    """What `make GOAL` runs in the image (python on PATH, no .venv): every prerequisite is
+    there or buildable, every command exists, every repository file it names is in the
+    build context."""
+    dry = subprocess.run(["make", "-n", "-B", "PYTHON=python", goal], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, f"`make {goal}` cannot run here: {dry.stderr.strip()}"
+    for line in dry.stdout.replace("\\\n", " ").splitlines():
+        for cmd in shell_commands(line):
+            _check_command(cmd, seen, subcommands, targets)
+            for token in cmd[1:]:
+                path = token.split("=", 1)[-1]
+                if "/" in path and not path.startswith("/") and (REPO / path).exists():
+                    assert not dockerignore_excludes(REPO / ".dockerignore", path), \
+                        f"`make {goal}` reads {path}, which .dockerignore leaves out"
+
+
 def test_run_commands_refer_to_real_things(dockerfile):
     subcommands, targets = ml2p_commands(), make_targets(REPO / "Makefile")
-    seen = []
+    seen: list[tuple[str, str]] = []
     for run in dockerfile.of("RUN"):
         for cmd in shell_commands(run.value):
-            prog = Path(cmd[0]).name
-            if prog == "ml2p":
-                assert cmd[1] in subcommands, f"`ml2p {cmd[1]}` is not a command"
-            elif re.fullmatch(r"python3?(\.\d+)?", prog) and "-m" in cmd:
-                module = cmd[cmd.index("-m") + 1]
-                assert module_in_repo(module) or importlib.util.find_spec(module), \
-                    f"`python -m {module}`: no such module"
-                seen.append(("python -m", module))
-            elif prog == "make":
-                goals = [a for a in cmd[1:] if not a.startswith("-") and "=" not in a]
-                missing = [g for g in goals if g not in targets]
-                assert not missing, f"`{' '.join(cmd)}`: no Makefile target {missing}"
-                seen += [("make", g) for g in goals]
+            _check_command(cmd, seen, subcommands, targets)
     # the builder makes the artifact exactly as `make model` does, and the gRPC stubs
     assert ("make", "model") in seen and ("python -m", "service.protos") in seen
-    assert module_in_repo("service.protos")
 
 
 def test_entrypoint_is_ml2p_serve(dockerfile):
     (entry,) = dockerfile.of("ENTRYPOINT")
     assert json.loads(entry.value) == ["ml2p", "serve"]
     assert PYPROJECT["project"]["scripts"]["ml2p"] == "service.cli:main"
-    assert "serve" in ml2p_commands()
+    _parses(["serve"], ml2p_commands())
 
 
 def test_torch_only_in_the_builder(dockerfile):
