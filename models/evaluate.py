@@ -148,3 +148,126 @@ def markdown_table(report: dict) -> str:
                           f"{100 * d['gzsl'][1]:+.1f}]"]
         lines.append("")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ several methods, one table
+
+
+def checkpoint_scores(checkpoints: list[Path], dataset: str,
+                      splits: dict | None = None, embedders: dict | None = None
+                      ) -> tuple[list[np.ndarray], SplitData]:
+    """Test-split scores of each checkpoint (one per seed) of one method on `dataset`.
+
+    `splits` / `embedders` are optional caches shared across methods (keyed by backbone and
+    embedder kind), so every method sees the same test images and label texts.
+    """
+    splits = {} if splits is None else splits
+    embedders = {} if embedders is None else embedders
+    out, split = [], None
+    for path in checkpoints:
+        tagger = load_checkpoint(path)
+        backbone, kind = tagger.config["backbone"], tagger.config["embedder"]["kind"]
+        if (dataset, backbone) not in splits:
+            splits[dataset, backbone] = load_split(dataset, "test", backbone)
+        split = splits[dataset, backbone]
+        if kind not in embedders:
+            embedders[kind] = create_embedder(kind)
+        raw = torch.from_numpy(embedders[kind].embed(split.label_names))
+        with torch.no_grad():
+            vectors = tagger.transform_labels(raw)
+        out.append(predict(tagger, split, vectors))
+    if split is None:
+        raise ValueError("no checkpoints given")
+    return out, split
+
+
+def evaluate_methods(methods: dict[str, list[Path]], datasets: list[str],
+                     out: Path | None = None, bootstrap: int = 1000, random: bool = True,
+                     reference: str = "ml2p", command: str | None = None) -> dict:
+    """Every method's checkpoints (one per seed) on each dataset's test split, one table.
+
+    Same protocol as `evaluate_checkpoints` (INCLUSION rule, seed mean). With `bootstrap`, each
+    method's seed-mean mAP gets a 95 % interval over test images (the same resamples for every
+    method) and, when `reference` is among the methods, so does its paired difference to each
+    other method. Writes `out` (JSON) and `out.md` when `out` is given.
+    """
+    report: dict = {
+        "command": command or "ml2p eval " + " ".join(sys.argv[2:]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "methods": {m: [str(c) for c in ckpts] for m, ckpts in methods.items()},
+        "inclusion_rule": INCLUSION_RULE,
+        "bootstrap_samples": bootstrap,
+        "datasets": {},
+    }
+    splits: dict = {}
+    embedders: dict = {}
+    for name in datasets:
+        scores, split = {}, None
+        for method, checkpoints in methods.items():
+            scores[method], split = checkpoint_scores(list(checkpoints), name, splits, embedders)
+        if random:
+            scores = {"random": [random_scores(split, seed) for seed in range(10)], **scores}
+        entry = {
+            "test_images": int(len(split.rows)),
+            "labels": len(split.label_names),
+            "unseen_labels": int((~split.seen).sum()),
+            "methods": {m: summarise(s, split) for m, s in scores.items()},
+        }
+        if bootstrap:
+            boot = {m: bootstrap_map(s, split, bootstrap) for m, s in scores.items()
+                    if m != "random"}
+            for m, (interval, _) in boot.items():
+                for setting in ("zsl", "gzsl"):
+                    entry["methods"][m][setting]["map_ci95"] = interval[setting]
+            if reference in boot:
+                entry["map_difference_ci95"] = {
+                    f"{reference} - {m}": {
+                        s: [float(np.percentile(d, q)) for q in (2.5, 97.5)]
+                        for s in ("zsl", "gzsl")
+                        for d in [np.array(boot[reference][1][s]) - np.array(boot[m][1][s])]}
+                    for m in boot if m != reference}
+        report["datasets"][name] = entry
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        out.with_suffix(".md").write_text(methods_markdown(report))
+    return report
+
+
+INCLUSION_RULE = ("test images with at least one positive of the ranked label set (the unseen "
+                  "labels for ZSL, all labels for GZSL); labels without a positive are skipped "
+                  "in mAP; F1@K micro-averaged over those images")
+
+
+def method_row(method: str, values: dict) -> str:
+    """One Markdown row: ZSL then GZSL × mAP / F1@3 / F1@5 in %, mAP with its interval."""
+    cells = []
+    for setting in ("zsl", "gzsl"):
+        for metric in METRICS:
+            cell = f"{100 * values[setting][metric]:.1f}"
+            if metric == "map" and "map_ci95" in values[setting]:
+                lo, hi = values[setting]["map_ci95"]
+                cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+            cells.append(cell)
+    return f"| {method} | " + " | ".join(cells) + " |"
+
+
+def methods_markdown(report: dict) -> str:
+    seeds = {m: len(c) for m, c in report["methods"].items()}
+    lines = ["# Zero-shot accuracy, several methods", "",
+             f"Command: `{report['command']}` ({report['created']}). "
+             f"Inclusion: {report['inclusion_rule']}. mAP, F1@3, F1@5 in %; each method is the "
+             f"mean over its checkpoints (seeds: {seeds}), [95 % bootstrap interval of mAP, "
+             f"{report['bootstrap_samples']} resamples of test images].", ""]
+    for name, entry in report["datasets"].items():
+        lines += [f"## {name}: {entry['test_images']} test images, {entry['labels']} labels "
+                  f"({entry['unseen_labels']} unseen)", "",
+                  "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [method_row(m, v) for m, v in entry["methods"].items()]
+        for pair, d in entry.get("map_difference_ci95", {}).items():
+            lines.append(f"\n{pair} mAP, 95 % interval: ZSL [{100 * d['zsl'][0]:+.1f}, "
+                         f"{100 * d['zsl'][1]:+.1f}], GZSL [{100 * d['gzsl'][0]:+.1f}, "
+                         f"{100 * d['gzsl'][1]:+.1f}]")
+        lines.append("")
+    return "\n".join(lines)
