@@ -19,3 +19,8 @@ lint:
 
 compose-check: proto  ## check docker-compose.yml, docker/, deploy/ against the code (+ real Prometheus if installed)
 	$(PYTHON) -m pytest tests/deploy -q
+
+.PHONY: bench-paper
+BUDGET ?= small
+bench-paper:  ## the paper's comparison (ConSE/Fast0Tag/LESA/BiAM/ML2P, ablations, cost) → benchmarks/results/paper_comparison.*
+	$(PYTHON) -m service.cli bench paper --budget $(BUDGET)

@@ -6,6 +6,7 @@ Imported lazily by `service.cli`; torch is only imported inside the command func
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
@@ -23,7 +24,23 @@ def load_recipe(name_or_path: str) -> dict:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
         raise SystemExit(f"no recipe {name_or_path!r} (expected a JSON file; known: {known})")
-    return json.loads(path.read_text())
+    recipe = json.loads(path.read_text())
+    if "base" in recipe:  # an override set: {"base": NAME, "description": ..., "set": {...}}
+        base = load_recipe(recipe["base"])
+        return apply_override_dict(base, recipe.get("set", {}))
+    return recipe
+
+
+def apply_override_dict(recipe: dict, overrides: dict) -> dict:
+    """Dotted-key overrides (`{"model.head_kwargs.groups": 3}`) applied to a copy of `recipe`."""
+    recipe = copy.deepcopy(recipe)
+    for key, value in overrides.items():
+        target = recipe
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = copy.deepcopy(value)
+    return recipe
 
 
 def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
@@ -57,18 +74,43 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from models.train import TrainConfig, train
+    from models.train import TrainConfig
+    from models.training_free import train_any
 
     recipe = apply_overrides(load_recipe(args.recipe), args.set or [])
     if args.seed is not None:
         recipe["seed"] = args.seed
     config = TrainConfig(**recipe)
-    result = train(config, Path(args.out), resume=not args.restart)
+    # trainable heads go through Trainer.fit; a training-free one (ConSE) is set up and saved
+    result = train_any(config, Path(args.out), resume=not args.restart)
     print(json.dumps(result["history"][-1], indent=1))
     print(f"checkpoint: {result['checkpoint']}")
 
 
+def parse_methods(items: list[str]) -> dict[str, list[Path]]:
+    """`NAME=CKPT[,CKPT...]` → {name: [checkpoints]} (a repeated name adds checkpoints)."""
+    methods: dict[str, list[Path]] = {}
+    for item in items:
+        name, sep, paths = item.partition("=")
+        if not sep or not name or not paths:
+            raise SystemExit(f"--method expects NAME=CKPT[,CKPT...], got {item!r}")
+        methods.setdefault(name, []).extend(Path(p) for p in paths.split(",") if p)
+    return methods
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.method:  # several methods' checkpoints into one table
+        from models.evaluate import evaluate_methods
+
+        methods = parse_methods(args.method)
+        if args.checkpoints:
+            methods = {"ml2p": [Path(p) for p in args.checkpoints], **methods}
+        evaluate_methods(methods, datasets=args.datasets, out=Path(args.out),
+                         bootstrap=args.bootstrap)
+        print((Path(args.out).with_suffix(".md")).read_text())
+        return
+    if not args.checkpoints:
+        raise SystemExit("ml2p eval: give checkpoints (the default model) or --method NAME=CKPT")
     from models.evaluate import evaluate_checkpoints
 
     report = evaluate_checkpoints([Path(p) for p in args.checkpoints], datasets=args.datasets,
@@ -77,15 +119,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
     del report
 
 
+def cmd_bench_paper(args: argparse.Namespace) -> None:
+    from models.bench_paper import run
+
+    run(args)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from models.export import export_artifact
 
-    path = export_artifact(Path(args.checkpoint), Path(args.out))
+    path = export_artifact(Path(args.checkpoint), Path(args.out),
+                           calibration_data=args.calibration, accuracy=args.accuracy,
+                           variants=tuple(v for v in args.variants.split(",") if v))
     print(f"artifact: {path}")
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the training-side subcommands on the `ml2p` parser."""
+def add_commands(subparsers: argparse._SubParsersAction,
+                 bench: argparse._SubParsersAction | None = None) -> None:
+    """Register the training-side subcommands on the `ml2p` parser (and `bench paper` on the
+    `bench` subcommand group when one is given)."""
     data = subparsers.add_parser("data", help="build or check a dataset")
     data.add_argument("dataset", choices=["emojitags", "voc2007"])
     data.add_argument("--seed", type=int, default=0)
@@ -101,7 +153,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     evaluate = subparsers.add_parser("eval", help="ZSL/GZSL accuracy table")
-    evaluate.add_argument("checkpoints", nargs="+", help="one checkpoint per seed")
+    evaluate.add_argument("checkpoints", nargs="*",
+                          help="the default model's checkpoints, one per seed")
+    evaluate.add_argument("--method", action="append", metavar="NAME=CKPT[,CKPT]",
+                          help="a method's checkpoints (one per seed), repeatable: all into one "
+                               "table beside a random ranking (positional checkpoints = ml2p)")
     evaluate.add_argument("--datasets", nargs="+", default=["voc2007", "emojitags"])
     evaluate.add_argument("--out", default=str(REPO / "benchmarks/results/accuracy.json"))
     evaluate.add_argument("--bootstrap", type=int, default=1000)
@@ -110,7 +166,39 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser("export", help="write the ONNX model artifact")
     export.add_argument("checkpoint")
     export.add_argument("--out", required=True)
+    export.add_argument("--calibration", metavar="VAL.npz",
+                        help="validation scores/targets for the probability calibration")
+    export.add_argument("--accuracy", metavar="ACCURACY.json",
+                        help="`ml2p eval` output, stored in the manifest")
+    export.add_argument("--variants", default="fp16,int8",
+                        help="extra visual graphs, comma-separated (fp16, int8; '' for none)")
     export.set_defaults(func=cmd_export)
+
+    if bench is not None:
+        paper = bench.add_parser("paper", help="the paper's comparison: ConSE, Fast0Tag, LESA, "
+                                 "BiAM beside ML2P (accuracy, params, GFLOPs, latency)")
+        add_bench_paper_args(paper)
+        paper.set_defaults(func=cmd_bench_paper)
+
+
+def add_bench_paper_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", choices=["small", "full"], default="small",
+                        help="small: every run at the small epoch budget; full: the recipes' "
+                             "epochs and 3 seeds for the main methods (ablations stay small)")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="training seeds of the main methods (default: 0 small, 0 1 2 full)")
+    parser.add_argument("--ml2p-checkpoint", nargs="+", metavar="CKPT",
+                        help="use these default-model checkpoints for the ML2P row instead of "
+                             "training the default recipe through the cache")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ML2P ablations")
+    parser.add_argument("--no-paper-config", action="store_true",
+                        help="skip the VGG19-BN paper-configuration cost measurement")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per latency point")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for timing")
+    parser.add_argument("--bootstrap", type=int, default=300)
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/paper_comparison.json"))
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or find) every checkpoint and stop")
 
 
 def main(argv: list[str] | None = None) -> None:

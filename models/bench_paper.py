@@ -1,0 +1,710 @@
+"""`ml2p bench paper`: the paper's comparison reproduced on this project's data and machine.
+
+ConSE, Fast0Tag, LESA and BiAM beside ML2P (method.md §1–3), every one trained by the same
+`Trainer` from its recipe (`models/recipes/<name>.json`, an override set over `default`) on the
+same cached EfficientNet-Lite0 features, labels and data, with fixed seeds, and evaluated by
+the same protocol (`models.evaluate.evaluate_methods`: VOC 2007 and EmojiTags test, ZSL / GZSL ×
+mAP / F1@3 / F1@5). Plus the ML2P ablations (λ, residual, G) and the cost of every method:
+
+- parameters and GFLOPs per image for the backbone and the head separately. GFLOPs are counted
+  from ONNX graphs by `models.flops.count_flops` (each part exported on its own at batch 1;
+  1 multiply-add = 2 FLOPs; Conv / MatMul / Gemm only, elementwise work given apart). The head
+  part includes scoring 20 labels (label vectors are computed once per vocabulary and are not
+  counted). Parameters: torch parameters of the head; for the backbone, those the used outputs
+  depend on (a backward pass finds them: Lite0 without its classifier unless the head reads
+  the ImageNet logits, as ConSE does).
+- latency per image at batch 1 and batch 32, PyTorch eager fp32 on this CPU, `--threads`
+  threads (default 1: the machine is shared), median of `--runs` (≥ 20) timed runs after 3
+  warm-up runs, with p10 / p90 / min / max; all methods in one process, one run. Backbone
+  alone, head alone (on the backbone's taps of the same images) and, for this project's
+  configuration, backbone + head end to end.
+- the paper configuration (VGG19-BN at 224, random weights — cost does not depend on them) for
+  ML2P (faithful: G = 7, D = 300, widths 512/512/1024), LESA and BiAM (D = 300): cost only; its
+  end-to-end latency is the backbone's plus the head's (one VGG19 timing shared by the three).
+
+Checkpoints are cached by a hash of their full training configuration under
+`$ML2P_CACHE_DIR/checkpoints/<hash>/model.pt` (default `~/.cache/ml2p`); an interrupted run
+resumes from its `train_state.pt`. Budgets: `small` trains every run for SMALL_EPOCHS epochs and
+one seed; `full` trains the main methods for their recipe's epochs with seeds 0, 1, 2, while
+the ablations stay at the small budget.
+
+Writes `benchmarks/results/paper_comparison.{json,md,png}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_EPOCHS = 3
+DATASETS = ("voc2007", "emojitags")
+SCORED_LABELS = 20  # labels scored inside the head's cost (VOC's vocabulary size)
+BATCHES = (1, 32)
+# key, display name, recipe
+MAIN = (
+    ("conse", "ConSE", "conse"),
+    ("fast0tag", "Fast0Tag", "fast0tag"),
+    ("lesa", "LESA", "lesa"),
+    ("biam", "BiAM", "biam"),
+    ("ml2p", "ML2P", "default"),
+)
+ABLATIONS = (
+    ("ml2p-lam0", "ML2P λ = 0", "ml2p-lam0"),
+    ("ml2p-lam04", "ML2P λ = 0.4", "ml2p-lam04"),
+    ("ml2p-noresidual", "ML2P no residual (code)", "ml2p-noresidual"),
+    ("ml2p-residual", "ML2P residual (poster)", "ml2p-residual"),
+    ("ml2p-g1", "ML2P G = 1", "ml2p-g1"),
+    ("ml2p-g3", "ML2P G = 3", "ml2p-g3"),
+    ("ml2p-g7", "ML2P G = 7", "ml2p-g7"),
+    ("ml2p-lr3e-4", "ML2P lr 3e-4", "ml2p-lr3e-4"),
+    ("ml2p-lr3e-3", "ML2P lr 3e-3", "ml2p-lr3e-3"),
+    ("ml2p-noproj", "ML2P no label projection (D = 384)", "ml2p-noproj"),
+)
+# the paper configuration (cost only): VGG19-BN taps at 224, D = 300 word vectors
+PAPER_BACKBONE = "vgg19_bn"
+PAPER_DIM = 300
+PAPER_HEADS = (
+    ("lesa", "LESA", {}),
+    ("biam", "BiAM", {}),
+    ("ml2p", "ML2P", {"groups": 7, "residual": False}),
+)
+
+
+# ------------------------------------------------------------------ configurations and cache
+
+
+def resolve_config(recipe: str, epochs: int | None = None, seed: int = 0):  # noqa: ANN201
+    """The TrainConfig of `recipe` at `epochs` (None: the recipe's) and `seed`.
+
+    A training-free recipe (epochs 0) stays at 0 whatever the budget.
+    """
+    from models.cli import load_recipe
+    from models.train import TrainConfig
+
+    data = copy.deepcopy(load_recipe(recipe))
+    if epochs is not None and data.get("epochs", 1) > 0:
+        data["epochs"] = epochs
+    data["seed"] = seed
+    return TrainConfig(**data)
+
+
+def config_hash(config) -> str:  # noqa: ANN001 - TrainConfig
+    """16 hex digits of SHA-256 over the canonical JSON of the whole training configuration."""
+    text = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_root() -> Path:
+    from models.features import cache_root
+
+    return cache_root() / "checkpoints"
+
+
+def ensure_checkpoint(config, train_fn: Callable | None = None) -> tuple[Path, bool]:  # noqa: ANN001
+    """`(model.pt, cached)`: the checkpoint of `config`, trained now unless already cached."""
+    directory = checkpoint_root() / config_hash(config)
+    path = directory / "model.pt"
+    if path.exists():
+        return path, True
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config.to_json(), indent=1,
+                                                      sort_keys=True))
+    if train_fn is None:
+        from models.training_free import train_any as train_fn
+    train_fn(config, directory)  # resumes from train_state.pt after an interruption
+    if not path.exists():
+        raise RuntimeError(f"training {config_hash(config)} wrote no {path}")
+    return path, False
+
+
+def plan_runs(budget: str, seeds: list[int] | None = None, ablations: bool = True,
+              skip: tuple[str, ...] = ()) -> list[dict]:
+    """Every (method, seed) training run of the bench, with its config and hash."""
+    if seeds is None:
+        seeds = [0] if budget == "small" else [0, 1, 2]
+    main_epochs = SMALL_EPOCHS if budget == "small" else None
+    runs = []
+    for key, name, recipe in MAIN:
+        if key in skip:
+            continue
+        for seed in seeds:
+            config = resolve_config(recipe, main_epochs, seed)
+            runs.append({"key": key, "name": name, "recipe": recipe, "seed": seed,
+                         "group": "main", "config": config, "hash": config_hash(config)})
+    if ablations:
+        for key, name, recipe in ABLATIONS:
+            config = resolve_config(recipe, SMALL_EPOCHS, 0)
+            runs.append({"key": key, "name": name, "recipe": recipe, "seed": 0,
+                         "group": "ablation", "config": config, "hash": config_hash(config)})
+    return runs
+
+
+# ------------------------------------------------------------------ cost
+
+
+def latency_stats(times: list[float], batch: int) -> dict:
+    """Per-image median and spread (p10 / p90 / min / max) of batch timings in seconds."""
+    p10, p90 = np.percentile(times, [10, 90])
+    per = 1e3 / batch
+    return {"batch": batch, "runs": len(times),
+            "median_ms_per_image": statistics.median(times) * per,
+            "p10_ms_per_image": p10 * per, "p90_ms_per_image": p90 * per,
+            "min_ms_per_image": min(times) * per, "max_ms_per_image": max(times) * per,
+            "median_ms_per_batch": statistics.median(times) * 1e3}
+
+
+def time_interleaved(points: dict[str, tuple[Callable, tuple]], runs: int,
+                     warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of every `fn(*args)`, `runs` rounds after `warmup` rounds.
+
+    Round-robin: round r times every point once, so load from other jobs on a shared machine
+    falls on all methods alike instead of on whichever was measured at the time.
+    """
+    for _ in range(warmup):
+        for fn, args in points.values():
+            fn(*args)
+    times: dict[str, list[float]] = {key: [] for key in points}
+    for r in range(runs):
+        for key, (fn, args) in points.items():
+            started = time.perf_counter()
+            fn(*args)
+            times[key].append(time.perf_counter() - started)
+        log.info("latency round %d/%d done", r + 1, runs)
+    return times
+
+
+def _modules():  # noqa: ANN202 - the nn.Module wrappers, built lazily (torch import)
+    import torch
+    from torch import nn
+
+    class BackbonePart(nn.Module):
+        """image → taps (+ ImageNet logits when the head reads them)."""
+
+        def __init__(self, backbone: nn.Module, logits: bool) -> None:
+            super().__init__()
+            self.backbone, self.logits = backbone, logits
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if self.logits:
+                return tuple(self.backbone.forward_all(image))
+            return tuple(self.backbone(image))
+
+    class HeadPart(nn.Module):
+        """taps (+ logits) → scores [B, L] against fixed label vectors."""
+
+        def __init__(self, head: nn.Module, labels: torch.Tensor) -> None:
+            super().__init__()
+            self.head = head
+            self.register_buffer("labels", labels)
+
+        def forward(self, t8: torch.Tensor, t16: torch.Tensor, t32: torch.Tensor,
+                    logits: torch.Tensor | None = None) -> torch.Tensor:
+            return self.head.score(self.head((t8, t16, t32), logits), self.labels)
+
+    class EndToEnd(nn.Module):
+        def __init__(self, backbone: BackbonePart, head: HeadPart) -> None:
+            super().__init__()
+            self.backbone, self.head = backbone, head
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.head(*self.backbone(image))
+
+    return BackbonePart, HeadPart, EndToEnd
+
+
+def _export_flops(module, inputs: tuple, names: list[str], directory: Path) -> dict:  # noqa: ANN001
+    """GFLOPs of `module` at `inputs` (batch 1), counted from its ONNX graph."""
+    import torch
+
+    from models.flops import count_flops
+
+    path = directory / f"part-{len(list(directory.iterdir()))}.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17,
+                          input_names=names, do_constant_folding=True)
+    report = count_flops(path, {n: tuple(t.shape) for n, t in zip(names, inputs, strict=True)})
+    path.unlink()
+    return {"gflops": report.flops / 1e9, "elementwise_gflops": report.elementwise_flops / 1e9}
+
+
+def backbone_params(module) -> int:  # noqa: ANN001 - BackbonePart
+    """Parameters the part's outputs depend on (found by one backward pass at batch 1)."""
+    import torch
+
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    module.eval()
+    outs = module(torch.zeros(1, 3, 224, 224))
+    sum(o.float().mean() for o in outs).backward()
+    n = sum(p.numel() for p in params if p.grad is not None)
+    for p, flag in zip(params, flags, strict=True):
+        p.grad = None
+        p.requires_grad_(flag)
+    return int(n)
+
+
+def measure_cost(project: dict, runs: int, paper: bool = True) -> dict:
+    """Cost of each method: params / GFLOPs (backbone, head) and latency at batch 1 and 32.
+
+    `project`: {key: checkpoint path} of this project's trained models (the architecture is
+    read from the checkpoint). The paper configuration is built here with random weights.
+    Every latency point (backbones alone, heads alone, project end to end) is timed in one
+    interleaved loop (`time_interleaved`).
+    """
+    import torch
+
+    from models.backbones import create_backbone
+    from models.export import sample_images
+    from models.heads import create_head
+    from models.tagger import load_checkpoint
+
+    BackbonePart, HeadPart, EndToEnd = _modules()
+    images = torch.from_numpy(sample_images(max(BATCHES), "val"))
+    gen = torch.Generator().manual_seed(0)
+    result: dict = {"project": {}, "paper": {}, "backbones": {}}
+    points: dict[str, tuple[Callable, tuple]] = {}  # "<where>|b<batch>" → (fn, args)
+    parts: dict[str, torch.nn.Module] = {}
+    taps_of: dict[str, tuple] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-paper-"))
+
+    def add_points(where: str, fn: Callable, args_for: Callable) -> None:
+        for b in BATCHES:
+            points[f"{where}|b{b}"] = (fn, args_for(b))
+
+    def backbone_part(label: str, backbone: torch.nn.Module, logits: bool) -> str:
+        key = f"{label}{'+classifier' if logits else ''}"
+        if key not in result["backbones"]:
+            log.info("cost: backbone %s", key)
+            part = BackbonePart(backbone, logits).eval()
+            result["backbones"][key] = {"params": backbone_params(part),
+                                        **_export_flops(part, (images[:1],), ["image"], tmp)}
+            with torch.inference_mode():
+                taps_of[key] = part(images)
+            parts[key] = part
+            add_points(f"backbone/{key}", part, lambda b: (images[:b],))
+        return key
+
+    def head_part(where: str, head: torch.nn.Module, labels: torch.Tensor,
+                  taps: tuple) -> tuple[torch.nn.Module, dict]:
+        log.info("cost: %s head", where)
+        part = HeadPart(head.eval(), labels).eval()
+        names = ["t8", "t16", "t32", "logits"][: len(taps)]
+        entry = {"params": int(sum(p.numel() for p in head.parameters())),
+                 **_export_flops(part, tuple(t[:1] for t in taps), names, tmp)}
+        add_points(f"head/{where}", part, lambda b: tuple(t[:b] for t in taps))
+        return part, entry
+
+    for key, path in project.items():
+        tagger = load_checkpoint(path)
+        name = tagger.config["backbone"]
+        bkey = backbone_part(name, create_backbone(name).eval(), tagger.uses_imagenet_logits)
+        labels = torch.nn.functional.normalize(
+            torch.randn(SCORED_LABELS, tagger.config["dim"], generator=gen), dim=-1)
+        hpart, head_entry = head_part(f"project/{key}", tagger.head, labels, taps_of[bkey])
+        add_points(f"e2e/project/{key}", EndToEnd(parts[bkey], hpart).eval(),
+                   lambda b: (images[:b],))
+        result["project"][key] = {"backbone": bkey, "head": head_entry,
+                                  "end_to_end_measured": True}
+    if paper:
+        vgg = create_backbone(PAPER_BACKBONE, random_init=True).eval()
+        bkey = backbone_part(f"{PAPER_BACKBONE} (random weights)", vgg, False)
+        labels = torch.nn.functional.normalize(
+            torch.randn(SCORED_LABELS, PAPER_DIM, generator=gen), dim=-1)
+        for key, _, kwargs in PAPER_HEADS:
+            torch.manual_seed(0)
+            head = create_head(key, backbone=PAPER_BACKBONE, dim=PAPER_DIM, **kwargs)
+            _, head_entry = head_part(f"paper/{key}", head, labels, taps_of[bkey])
+            result["paper"][key] = {"backbone": bkey, "head": head_entry,
+                                    "end_to_end_measured": False, "head_kwargs": kwargs}
+    for path in tmp.iterdir():
+        path.unlink()
+    tmp.rmdir()
+
+    log.info("timing %d latency points × %d runs (interleaved)", len(points), runs)
+    with torch.inference_mode():
+        times = time_interleaved(points, runs)
+    latency: dict[str, dict] = {}
+    for point, values in times.items():
+        where, batch = point.rsplit("|", 1)
+        latency.setdefault(where, {})[batch] = latency_stats(values, int(batch[1:]))
+    for key, entry in result["backbones"].items():
+        entry["latency"] = latency[f"backbone/{key}"]
+    for group in ("project", "paper"):
+        for key, entry in result[group].items():
+            entry["head"]["latency"] = latency[f"head/{group}/{key}"]
+            entry["end_to_end"] = (latency[f"e2e/{group}/{key}"] if group == "project" else
+                                   summed_latency(result["backbones"][entry["backbone"]]
+                                                  ["latency"], entry["head"]["latency"]))
+    return result
+
+
+def summed_latency(backbone: dict, head: dict) -> dict:
+    """Backbone + head medians (the paper configuration's end-to-end figure, not measured)."""
+    return {b: {"median_ms_per_image": backbone[b]["median_ms_per_image"]
+                + head[b]["median_ms_per_image"], "batch": backbone[b]["batch"],
+                "summed": True} for b in backbone}
+
+
+# ------------------------------------------------------------------ report
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _map_cell(values: dict) -> str:
+    cell = _pct(values["map"])
+    if "map_ci95" in values:
+        lo, hi = values["map_ci95"]
+        cell += f" [{_pct(lo)}, {_pct(hi)}]"
+    return cell
+
+
+def _ms(entry: dict, batch: str) -> str:
+    lat = entry[batch]
+    if "p10_ms_per_image" in lat:
+        return (f"{lat['median_ms_per_image']:.1f} "
+                f"({lat['p10_ms_per_image']:.1f}–{lat['p90_ms_per_image']:.1f})")
+    return f"{lat['median_ms_per_image']:.1f} (sum)"
+
+
+def cost_columns(cost: dict, backbones: dict) -> list[str]:
+    """params (M) backbone / head, GFLOPs backbone / head, ms/image b1 and b32."""
+    b = backbones[cost["backbone"]]
+    h = cost["head"]
+    return [f"{b['params'] / 1e6:.2f} / {h['params'] / 1e6:.2f}",
+            f"{b['gflops']:.2f} / {h['gflops']:.3f}",
+            _ms(cost["end_to_end"], "b1"), _ms(cost["end_to_end"], "b32")]
+
+
+def markdown(report: dict) -> str:
+    acc, cost = report["accuracy"], report.get("cost", {})
+    backbones = cost.get("backbones", {})
+    names = {r["key"]: r["name"] for r in report["runs"]}
+    names["random"] = "random ranking"
+    lines = [
+        "# The paper's comparison: ConSE, Fast0Tag, LESA, BiAM and ML2P",
+        "",
+        f"Command: `{report['command']}` ({report['created']}; wall time "
+        f"{report['wall_seconds'] / 60:.1f} min, of which training "
+        f"{report['train_seconds'] / 60:.1f} min). Machine: {report['machine']['cpu']}, "
+        f"{report['machine']['cores']} cores (shared with other jobs; load average "
+        f"{report['machine']['load_average']} at the end), torch {report['machine']['torch']}, "
+        f"{report['threads']} thread(s) for timing.",
+        "",
+        f"Budget **{report['budget']}**: {report['budget_note']} Seeds of the main methods: "
+        f"{report['seeds']}. {report['ml2p_note']}",
+        "",
+        "Every method: the same frozen EfficientNet-Lite0 features (cached), the same joint "
+        "VOC 2007 + EmojiTags training labels with every unseen label removed, the same label "
+        "side (MiniLM sentence vectors, centred, learned projection to D), the same ImageNet "
+        "distillation term and optimiser (the default recipe with the head swapped; "
+        "`models/recipes/<method>.json`); each its own loss (method.md §3). Taps: Fast0Tag "
+        "pools the stride-32 tap (its original maps a global fc7 feature); LESA and BiAM attend "
+        "over the stride-16 tap (VGG's 14×14 conv5 grid at 224; BiAM's global feature is the "
+        "pooled stride-32 tap); ConSE reads the backbone's own ImageNet logits (T = 10, classes "
+        "naming an unseen label excluded).",
+        "",
+        f"Accuracy (%): {acc['inclusion_rule']}. mAP with its 95 % bootstrap interval "
+        f"({acc['bootstrap_samples']} resamples of test images).",
+        "",
+        "Cost: params in millions and GFLOPs per image as backbone / head (GFLOPs counted from "
+        "each part's ONNX graph by `models.flops.count_flops`, 1 multiply-add = 2 FLOPs, "
+        f"Conv/MatMul/Gemm; the head includes scoring {SCORED_LABELS} labels); latency in ms "
+        "per image, end to end (backbone + head), PyTorch eager fp32 on this CPU, median of "
+        f"{report['runs_per_point']} runs after warm-up (p10–p90). ",
+        "",
+    ]
+    acc_header = "| method | " + " | ".join(
+        f"{d} {s} {m}" for d in ("VOC", "Emoji") for s in ("ZSL", "GZSL")
+        for m in ("mAP", "F1@3", "F1@5")) + " |"
+    header = acc_header + " params M (bb / head) | GFLOPs (bb / head) | ms/img b1 | ms/img b32 |"
+    ncols = 1 + 12 + 4
+
+    def rows(acc: dict, keys: list[str], with_cost: bool) -> list[str]:
+        out = []
+        for key in keys:
+            cells = [names.get(key, key)]
+            for dataset in DATASETS:
+                values = acc["datasets"][dataset]["methods"].get(key)
+                for setting in ("zsl", "gzsl"):
+                    if values is None:
+                        cells += ["–"] * 3
+                        continue
+                    v = values[setting]
+                    cells += [_map_cell(v), _pct(v["f1_3"]), _pct(v["f1_5"])]
+            if with_cost:
+                project_cost = cost.get("project", {}).get(key)
+                cells += (cost_columns(project_cost, backbones) if project_cost else ["–"] * 4)
+            out.append("| " + " | ".join(cells) + " |")
+        return out
+
+    main_keys = ["random"] + [k for k, _, _ in MAIN if k in acc["datasets"][DATASETS[0]]
+                              ["methods"]]
+    lines += ["## Main comparison (this project's configuration)", "", header,
+              "|" + "---|" * ncols] + rows(acc, main_keys, True)
+    lines.append("")
+    for dataset in DATASETS:
+        diffs = acc["datasets"][dataset].get("map_difference_ci95", {})
+        if diffs:
+            parts = [f"{names.get(p.split(' - ')[1], p)} ZSL [{100 * d['zsl'][0]:+.1f}, "
+                     f"{100 * d['zsl'][1]:+.1f}] GZSL [{100 * d['gzsl'][0]:+.1f}, "
+                     f"{100 * d['gzsl'][1]:+.1f}]" for p, d in diffs.items()]
+            lines.append(f"ML2P − other mAP on {dataset}, 95 % paired bootstrap interval: "
+                         + "; ".join(parts) + ".")
+    info = [f"{d}: {acc['datasets'][d]['test_images']} test images, "
+            f"{acc['datasets'][d]['labels']} labels ({acc['datasets'][d]['unseen_labels']} "
+            "unseen)" for d in DATASETS]
+    lines += ["", "Test sets: " + "; ".join(info) + ".", ""]
+    lines += report.get("verdict", [])
+    abl = report.get("ablation_accuracy")
+    if abl:
+        abl_keys = [k for k, _, _ in ABLATIONS if k in abl["datasets"][DATASETS[0]]["methods"]]
+        same = report.get("ablation_same_as", {})
+        lines += ["", f"## ML2P ablations (small budget: {SMALL_EPOCHS} epochs, seed 0)", "",
+                  "Each row is the default recipe with one setting changed; rows with the same "
+                  "configuration share one checkpoint (" + (", ".join(
+                      f"{names[k]} = {names[v]}" for k, v in same.items()) or "none") + ").",
+                  "", acc_header, "|" + "---|" * (ncols - 4)]
+        lines += rows(abl, abl_keys, False)
+    if cost.get("paper"):
+        lines += ["", "## Paper configuration, cost only (VGG19-BN at 224, random weights, "
+                  f"D = {PAPER_DIM})", "",
+                  "End-to-end latency = the VGG19-BN backbone's median + the head's median "
+                  "(one backbone timing shared by the three heads). ML2P is the faithful "
+                  "configuration (G = 7, widths 512/512/1024, no residual).", "",
+                  "| method | params M (bb / head) | GFLOPs (bb / head) | head ms/img b1 "
+                  "| head ms/img b32 | ms/img b1 | ms/img b32 |", "|---|---|---|---|---|---|---|"]
+        for key, name, _ in PAPER_HEADS:
+            c = cost["paper"][key]
+            cols = cost_columns(c, backbones)
+            lines.append(f"| {name} | {cols[0]} | {cols[1]} | {_ms(c['head']['latency'], 'b1')} "
+                         f"| {_ms(c['head']['latency'], 'b32')} | {cols[2]} | {cols[3]} |")
+    if backbones:
+        lines += ["", "Backbones alone: " + "; ".join(
+            f"{k}: {v['params'] / 1e6:.2f} M params, {v['gflops']:.2f} GFLOPs, "
+            f"{_ms(v['latency'], 'b1')} ms/img b1, {_ms(v['latency'], 'b32')} ms/img b32"
+            for k, v in backbones.items()) + "."]
+    lines += ["", "Figure: `paper_comparison.png` (ZSL mAP, inference time, GFLOPs).", ""]
+    return "\n".join(lines)
+
+
+def verdict(acc: dict, names: dict) -> list[str]:
+    """Whether ML2P tops the ZSL mAP column on each dataset, and by how much."""
+    out = []
+    for dataset in DATASETS:
+        methods = acc["datasets"][dataset]["methods"]
+        if "ml2p" not in methods:
+            continue
+        others = {k: v["zsl"]["map"] for k, v in methods.items() if k not in ("ml2p", "random")}
+        if not others:
+            continue
+        best = max(others, key=others.get)
+        margin = methods["ml2p"]["zsl"]["map"] - others[best]
+        word = "tops" if margin > 0 else "does not top"
+        ours = _pct(methods["ml2p"]["zsl"]["map"])
+        out.append(f"- {dataset}: ML2P {word} the ZSL mAP column: {ours}"
+                   f" vs the best baseline {names.get(best, best)} {_pct(others[best])} "
+                   f"({100 * margin:+.1f} points).")
+    return out
+
+
+def figure(report: dict, path: Path) -> Path:
+    """Three bar charts as the poster: ZSL mAP, inference time, GFLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc, cost = report["accuracy"], report.get("cost", {})
+    names = {r["key"]: r["name"] for r in report["runs"]}
+    keys = [k for k, _, _ in MAIN if k in acc["datasets"][DATASETS[0]]["methods"]]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), dpi=80,
+                             gridspec_kw={"width_ratios": [1, 1.4, 1.4]})
+    x = np.arange(len(keys))
+    width = 0.38
+    for i, dataset in enumerate(DATASETS):
+        vals = [100 * acc["datasets"][dataset]["methods"][k]["zsl"]["map"] for k in keys]
+        bars = axes[0].bar(x + (i - 0.5) * width, vals, width, label=dataset)
+        axes[0].bar_label(bars, fmt="%.1f", fontsize=7)
+    axes[0].set_xticks(x, [names[k] for k in keys], fontsize=8)
+    axes[0].set_ylabel("ZSL mAP (%)")
+    axes[0].set_title("Zero-shot mAP (Lite0 features)")
+    axes[0].legend(fontsize=8)
+
+    backbones = cost.get("backbones", {})
+    paper_names = {k: n for k, n, _ in PAPER_HEADS}
+
+    def panel(ax, metric: Callable, ylabel: str, title: str) -> None:  # noqa: ANN001
+        """Per method two bars: whole model (backbone + head) and head alone; log scale."""
+        labels, xs, totals, heads = [], [], [], []
+        offset = 0
+        for group, tag in (("project", "Lite0"), ("paper", "VGG")):
+            for key, entry in cost.get(group, {}).items():
+                total, head = metric(backbones[entry["backbone"]], entry)
+                labels.append(f"{(names if group == 'project' else paper_names).get(key, key)}"
+                              f"\n{tag}")
+                xs.append(offset)
+                totals.append(total)
+                heads.append(head)
+                offset += 1
+            offset += 0.6
+        xs_arr = np.array(xs)
+        tiny = min([v for v in heads + totals if v > 0] or [1.0]) / 10
+        bars = ax.bar(xs_arr - 0.2, totals, 0.4, color="#7f7f7f", label="backbone + head")
+        ax.bar_label(bars, fmt="%.3g", fontsize=6)
+        bars = ax.bar(xs_arr + 0.2, [max(h, tiny) for h in heads], 0.4, color="#1f77b4",
+                      label="head alone")
+        ax.bar_label(bars, labels=[f"{h:.2g}" for h in heads], fontsize=6)
+        ax.set_xticks(xs_arr, labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+
+    panel(axes[1], lambda b, e: (e["end_to_end"]["b1"]["median_ms_per_image"],
+                                 e["head"]["latency"]["b1"]["median_ms_per_image"]),
+          "ms per image, batch 1 (log)",
+          f"Inference time, CPU, {report['threads']} thread(s)")
+    panel(axes[2], lambda b, e: (b["gflops"] + e["head"]["gflops"], e["head"]["gflops"]),
+          "GFLOPs per image (log)", "GFLOPs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ the command
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    started = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.runs < 20:
+        log.warning("--runs %d: fewer than the 20 timed runs the report promises", args.runs)
+    skip = ("ml2p",) if args.ml2p_checkpoint else ()
+    runs = plan_runs(args.budget, args.seeds, not args.no_ablations, skip)
+    train_seconds = 0.0
+    checkpoints: dict[str, dict] = {}
+    for item in sorted(runs, key=lambda r: _cost_rank(r["key"])):
+        t0 = time.perf_counter()
+        log.info("checkpoint %s seed %d (%s)", item["key"], item["seed"], item["hash"])
+        path, cached = ensure_checkpoint(item["config"])
+        item.update(checkpoint=str(path), cached=cached,
+                    train_seconds=round(time.perf_counter() - t0, 1))
+        train_seconds += 0 if cached else time.perf_counter() - t0
+        checkpoints.setdefault(item["key"], {})[item["seed"]] = path
+    if args.ml2p_checkpoint:
+        checkpoints["ml2p"] = dict(enumerate(Path(p) for p in args.ml2p_checkpoint))
+        runs.append({"key": "ml2p", "name": "ML2P", "recipe": "default", "group": "main",
+                     "seed": None, "checkpoint": args.ml2p_checkpoint, "cached": True,
+                     "hash": None})
+    if args.train_only:
+        for item in runs:
+            print(f"{item['key']:18s} seed {item['seed']}  {item['hash']}  "
+                  f"{'cached' if item['cached'] else 'trained'}  {item['checkpoint']}")
+        return {"runs": runs}
+
+    from models.evaluate import evaluate_methods
+
+    command = "ml2p bench paper " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "paper"]
+                                             else [])
+    main = {k: [checkpoints[k][s] for s in sorted(checkpoints[k])] for k, _, _ in MAIN
+            if k in checkpoints}
+    log.info("evaluating %s", list(main))
+    accuracy = evaluate_methods(main, list(DATASETS), bootstrap=args.bootstrap, command=command)
+    ablation_accuracy, same_as = None, {}
+    ablation_runs = [r for r in runs if r["group"] == "ablation"]
+    if ablation_runs:
+        by_hash: dict[str, str] = {}
+        for r in runs:  # the main ML2P seed-0 run first, so an identical ablation points at it
+            if r["group"] == "main" and r["key"] == "ml2p" and r["seed"] == 0 and r["hash"]:
+                by_hash[r["hash"]] = "ml2p"
+        for r in ablation_runs:
+            if r["hash"] in by_hash:
+                same_as[r["key"]] = by_hash[r["hash"]]
+            else:
+                by_hash[r["hash"]] = r["key"]
+        log.info("evaluating the ablations")
+        ablation_accuracy = evaluate_methods(
+            {r["key"]: [Path(r["checkpoint"])] for r in ablation_runs}, list(DATASETS),
+            bootstrap=0, random=False, command=command)
+    cost = measure_cost({k: main[k][0] for k in main}, args.runs, paper=not args.no_paper_config)
+    names = {r["key"]: r["name"] for r in runs}
+    budget_note = (f"every run {SMALL_EPOCHS} epochs (the default recipe's other settings "
+                   "unchanged), one seed" if args.budget == "small" else
+                   f"main methods at their recipe's epochs, ablations at {SMALL_EPOCHS} epochs")
+    ml2p_note = ("The ML2P row is the default recipe's model trained here through the same "
+                 "config-hash cache at this budget (the lead's default checkpoints did not "
+                 "exist when this ran)." if not args.ml2p_checkpoint else
+                 f"The ML2P row is the default model's checkpoint(s) {args.ml2p_checkpoint}.")
+    report = {
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "budget": args.budget, "budget_note": budget_note, "ml2p_note": ml2p_note,
+        "small_epochs": SMALL_EPOCHS,
+        "seeds": sorted({r["seed"] for r in runs
+                         if r["group"] == "main" and r["seed"] is not None}),
+        "threads": args.threads, "runs_per_point": args.runs,
+        "runs": [{k: v for k, v in r.items() if k != "config"}
+                 | {"config": r["config"].to_json() if "config" in r else None} for r in runs],
+        "accuracy": accuracy,
+        "ablation_accuracy": ablation_accuracy, "ablation_same_as": same_as,
+        "cost": cost,
+        "train_seconds": round(train_seconds, 1),
+    }
+    report["verdict"] = verdict(accuracy, names)
+    report["machine"] = machine()
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    out.with_suffix(".md").write_text(markdown(report))
+    figure(report, out.with_suffix(".png"))
+    print(out.with_suffix(".md").read_text())
+    return report
+
+
+def _cost_rank(key: str) -> int:
+    """Cheap runs first, so a partial run already has most of the table."""
+    order = ["conse", "fast0tag", "lesa", "ml2p"]
+    return order.index(key) if key in order else (10 if key == "biam" else 5)

@@ -1,0 +1,244 @@
+"""`ml2p bench paper` and the shared training path of the baselines (fast, synthetic).
+
+- every trainable baseline trains through the real `Trainer` (its loss dispatch, distillation
+  on) on a tiny synthetic feature set, and its ranking loss falls;
+- ConSE goes through `train_any`: a checkpoint without steps, class vectors and exclusion set;
+- checkpoints are cached by the hash of their training configuration;
+- recipes are override sets over the default; the table writer and the figure.
+(Head shapes and per-head loss decrease on a raw batch: tests/models/test_baselines.py.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import bench_paper
+from models.train import SplitData, TrainConfig
+
+LITE0 = ((40, 28), (112, 14), (320, 7))
+LABELS = ["red thing", "blue thing", "green thing", "round thing", "goldfish", "tall thing"]
+SEEN = np.array([True, True, True, True, False, False])
+
+
+class FakeEmbedder:
+    """Deterministic 384-d unit vectors per text (no model download in unit tests)."""
+
+    dim = 384
+    kind = "minilm"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+
+def synthetic_split(name: str, n: int, seed: int) -> SplitData:
+    """Images whose taps carry a per-label signal, so the ranking is learnable."""
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, len(LABELS))) < 0.35).astype(np.int8)
+    targets[np.arange(n), rng.integers(0, len(LABELS), n)] = 1  # every image has a positive
+    signal = rng.standard_normal((len(LABELS), 1, 1, 1)).astype(np.float32)
+    taps = []
+    for channels, size in LITE0:
+        codes = rng.standard_normal((len(LABELS), channels, 1, 1)).astype(np.float32)
+        noise = 0.5 * rng.standard_normal((n, channels, size, size)).astype(np.float32)
+        tap = noise + np.einsum("nl,lchw->nchw", targets.astype(np.float32), codes * signal)
+        taps.append(tap.astype(np.float16))
+    logits = rng.standard_normal((n, 1000)).astype(np.float32)
+    cache = argparse.Namespace(taps=tuple(taps), logits=logits, valid=np.ones(n, bool))
+    return SplitData(name, cache, np.arange(n), targets, list(LABELS), SEEN.copy())
+
+
+@pytest.fixture
+def synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.train as train_module
+
+    def load_split(dataset: str, split: str, backbone: str, limit=None, seed: int = 0):  # noqa: ANN001
+        return synthetic_split(dataset, 24 if split == "train" else 12,
+                               0 if split == "train" else 1)
+
+    monkeypatch.setattr(train_module, "load_split", load_split)
+    monkeypatch.setattr(train_module, "unseen_labels", lambda datasets: {"goldfish", "tall thing"})
+    monkeypatch.setattr(train_module, "create_embedder", lambda kind: FakeEmbedder())
+
+
+def config_for(head: str, **changes) -> TrainConfig:
+    model = {"name": f"{head}-test", "backbone": "efficientnet_lite0", "head": head,
+             "head_kwargs": {}, "embedder": {"kind": "minilm"}, "dim": 32,
+             "label_projection": True}
+    if head == "ml2p":
+        model["head_kwargs"] = {"groups": 3, "widths": [16, 16, 32]}
+    base = {"model": model, "datasets": ("synthetic",), "eval_datasets": ("synthetic",),
+            "epochs": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "distill_weight": 0.1}
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.mark.parametrize("head", ["fast0tag", "lesa", "biam", "ml2p"])
+def test_trains_through_trainer(head: str, synthetic: None, tmp_path: Path) -> None:
+    from models.tagger import load_checkpoint
+    from models.training_free import train_any
+
+    result = train_any(config_for(head), tmp_path)
+    history = result["history"]
+    first, last = history[0]["rank"], history[-1]["rank"]
+    print(f"{head}: rank loss {first:.4f} → {last:.4f}")
+    assert last < first
+    assert "distill" in history[0]  # the distillation option is live for every head
+    assert set(history[-1]["val"]["synthetic"]) == {"zsl", "gzsl"}
+    tagger = load_checkpoint(result["checkpoint"])
+    assert tagger.config["head"] == head
+
+
+def test_conse_is_training_free(synthetic: None, tmp_path: Path) -> None:
+    from models.tagger import load_checkpoint
+    from models.train import predict
+    from models.training_free import train_any
+
+    config = config_for("conse", epochs=0, distill_weight=0.0)
+    config.model.update(dim=384, label_projection=False, head_kwargs={"top_t": 10})
+    result = train_any(config, tmp_path)
+    assert [r["epoch"] for r in result["history"]] == [0]
+    assert not (tmp_path / "train_state.pt").exists()  # no optimiser steps
+    tagger = load_checkpoint(result["checkpoint"])
+    head = tagger.head
+    assert bool(head.class_vectors.any())
+    assert bool(head.excluded[1])  # ImageNet class 1 is "goldfish", an unseen label here
+    split = synthetic_split("synthetic", 5, 3)
+    vectors = tagger.transform_labels(FakeEmbedder().embed(LABELS))
+    scores = predict(tagger, split, vectors)
+    assert scores.shape == (5, len(LABELS)) and np.isfinite(scores).all()
+
+
+def test_checkpoint_cache_by_config_hash(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    monkeypatch.setenv("ML2P_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_train(config: TrainConfig, out_dir: Path) -> None:
+        calls.append(config.seed)
+        torch.save({"seed": config.seed}, Path(out_dir) / "model.pt")
+
+    config = bench_paper.resolve_config("fast0tag", epochs=1, seed=0)
+    path, cached = bench_paper.ensure_checkpoint(config, fake_train)
+    assert not cached and path.exists() and calls == [0]
+    assert path.parent == tmp_path / "checkpoints" / bench_paper.config_hash(config)
+    saved = json.loads((path.parent / "config.json").read_text())
+    assert saved["model"]["head"] == "fast0tag" and saved["epochs"] == 1
+    again, cached = bench_paper.ensure_checkpoint(
+        bench_paper.resolve_config("fast0tag", epochs=1, seed=0), fake_train)
+    assert cached and again == path and calls == [0]  # reused, not retrained
+    other, cached = bench_paper.ensure_checkpoint(
+        bench_paper.resolve_config("fast0tag", epochs=1, seed=1), fake_train)
+    assert not cached and other != path and calls == [0, 1]
+
+
+def test_recipes_are_override_sets() -> None:
+    from models.cli import load_recipe
+
+    default = load_recipe("default")
+    for name in ("fast0tag", "lesa", "biam", "conse"):
+        recipe = load_recipe(name)
+        assert recipe["model"]["head"] == name
+        assert recipe["datasets"] == default["datasets"]
+        TrainConfig(**recipe)  # no stray keys
+    assert load_recipe("conse")["epochs"] == 0
+    assert load_recipe("lesa")["lr"] == default["lr"]
+    assert load_recipe("ml2p-lam04")["lam"] == 0.4
+    assert load_recipe("ml2p-residual")["model"]["head_kwargs"]["residual"] is True
+    g1 = load_recipe("ml2p-g1")["model"]["head_kwargs"]
+    assert g1["groups"] == 1 and g1["widths"] == default["model"]["head_kwargs"]["widths"]
+    runs = bench_paper.plan_runs("small")
+    assert {r["key"] for r in runs} >= {"conse", "fast0tag", "lesa", "biam", "ml2p", "ml2p-g1"}
+    assert all(r["config"].epochs in (0, bench_paper.SMALL_EPOCHS) for r in runs)
+    full = bench_paper.plan_runs("full", ablations=False)
+    assert sorted({r["seed"] for r in full}) == [0, 1, 2]
+
+
+def _metrics(m: float) -> dict:
+    return {"zsl": {"map": m, "f1_3": m / 2, "f1_5": m / 3, "map_ci95": [m - 0.05, m + 0.05]},
+            "gzsl": {"map": m / 2, "f1_3": m / 4, "f1_5": m / 5}}
+
+
+def _latency(ms: float) -> dict:
+    return {f"b{b}": {"batch": b, "median_ms_per_image": ms, "p10_ms_per_image": ms * 0.9,
+                      "p90_ms_per_image": ms * 1.2} for b in (1, 32)}
+
+
+def fake_report() -> dict:
+    keys = [k for k, _, _ in bench_paper.MAIN]
+    methods = {"random": _metrics(0.1)} | {k: _metrics(0.2 + 0.1 * i) for i, k in enumerate(keys)}
+    acc = {"inclusion_rule": "images with a positive", "bootstrap_samples": 10,
+           "datasets": {d: {"test_images": 10, "labels": 6, "unseen_labels": 2,
+                            "methods": methods,
+                            "map_difference_ci95": {"ml2p - biam": {"zsl": [0.01, 0.2],
+                                                                    "gzsl": [-0.1, 0.1]}}}
+                        for d in bench_paper.DATASETS}}
+    head = {"params": 1000, "gflops": 0.01, "latency": _latency(1.0)}
+    backbone = {"params": 3_000_000, "gflops": 0.8, "latency": _latency(10.0)}
+    cost = {"backbones": {"lite0": backbone, "vgg": backbone},
+            "project": {k: {"backbone": "lite0", "head": head, "end_to_end": _latency(11.0)}
+                        for k in keys},
+            "paper": {k: {"backbone": "vgg", "head": head,
+                          "end_to_end": bench_paper.summed_latency(backbone["latency"],
+                                                                    head["latency"])}
+                      for k, _, _ in bench_paper.PAPER_HEADS}}
+    runs = [{"key": k, "name": n, "group": "main", "seed": 0} for k, n, _ in bench_paper.MAIN]
+    runs += [{"key": k, "name": n, "group": "ablation", "seed": 0}
+             for k, n, _ in bench_paper.ABLATIONS]
+    ablation = {"datasets": {d: {"methods": {k: _metrics(0.3) for k, _, _ in
+                                             bench_paper.ABLATIONS}}
+                             for d in bench_paper.DATASETS}}
+    report = {"command": "ml2p bench paper --budget small", "created": "now", "budget": "small",
+              "budget_note": "3 epochs.", "ml2p_note": "note.", "seeds": [0], "threads": 1,
+              "runs_per_point": 20, "runs": runs, "accuracy": acc,
+              "ablation_accuracy": ablation, "ablation_same_as": {"ml2p-g7": "ml2p"},
+              "cost": cost, "train_seconds": 60.0, "wall_seconds": 120.0,
+              "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "load_average": [1.0]}}
+    report["verdict"] = bench_paper.verdict(acc, {r["key"]: r["name"] for r in runs})
+    return report
+
+
+def test_table_layout_and_figure(tmp_path: Path) -> None:
+    report = fake_report()
+    text = bench_paper.markdown(report)
+    header = next(line for line in text.splitlines() if line.startswith("| method | VOC"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[1:13] == [f"{d} {s} {m}" for d in ("VOC", "Emoji") for s in ("ZSL", "GZSL")
+                           for m in ("mAP", "F1@3", "F1@5")]
+    assert cells[13:] == ["params M (bb / head)", "GFLOPs (bb / head)", "ms/img b1",
+                          "ms/img b32"]
+    rows: dict[str, str] = {}  # first occurrence: the main table before the paper config
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    for name in ("random ranking", "ConSE", "Fast0Tag", "LESA", "BiAM", "ML2P", "ML2P G = 1"):
+        assert name in rows
+    assert len(rows["ML2P"].strip().strip("|").split("|")) == 17
+    assert "60.0 [55.0, 65.0]" in rows["ML2P"]  # ZSL mAP with its interval
+    assert "3.00 / 0.00" in rows["ML2P"] and "11.0 (9.9–13.2)" in rows["ML2P"]
+    assert "ML2P tops the ZSL mAP column" in text and "VGG19-BN" in text
+    png = bench_paper.figure(report, tmp_path / "fig.png")
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 300_000
+
+
+def test_cli_wiring() -> None:
+    from models.cli import cmd_bench_paper, parse_methods
+    from service.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "paper", "--budget", "small", "--no-ablations"])
+    assert args.func is cmd_bench_paper and args.budget == "small" and args.no_ablations
+    args = build_parser().parse_args(["eval", "--method", "lesa=a.pt,b.pt", "--method",
+                                      "biam=c.pt"])
+    assert args.checkpoints == [] and parse_methods(args.method) == {
+        "lesa": [Path("a.pt"), Path("b.pt")], "biam": [Path("c.pt")]}
+    assert build_parser().parse_args(["eval", "x.pt"]).checkpoints == ["x.pt"]
