@@ -9,6 +9,7 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,6 +17,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # EfficientNet-Lite was trained with TF's (x - 127) / 128 normalisation.
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+
+
+# The formats decoded (the JPEG plugin also opens MPO, the multi-picture JPEG of many
+# cameras). Other Pillow plugins never see untrusted bytes: EPS would run Ghostscript on them.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+@lru_cache(maxsize=1)
+def _open_formats() -> tuple[str, ...]:
+    Image.init()  # registers every plugin once; a Pillow built without WebP lacks that one
+    return tuple(f for f in SUPPORTED_FORMATS if f in Image.OPEN)
 
 
 class ImageDecodeError(ValueError):
@@ -69,7 +81,7 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_open_formats())
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(
@@ -78,8 +90,8 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
                 )
             if image.format == "JPEG":
                 image.draft("RGB", (2 * target_size, 2 * target_size))
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)
+            # open() leaves multi-frame images (GIF, WebP, APNG, TIFF) on their first frame;
+            # asking for n_frames would walk every frame (CPU spent on hostile GIFs).
             image.load()
     except ImageDecodeError:
         raise
@@ -102,9 +114,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
+        # integer maths: float64 temporaries cost 24+ bytes per pixel on max-size images
+        array = np.asarray(image)
+        if array.max(initial=0) > 255:
+            array = np.clip(array, 0, 65535) // 257  # v * 255 / 65535, exactly
+        else:
+            array = np.clip(array, 0, 255)
+        image = Image.fromarray(array.astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
