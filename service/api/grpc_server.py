@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -22,13 +23,60 @@ from grpc_reflection.v1alpha import reflection
 from service import logs
 from service.api.common import bearer_token, check_api_key, request_id
 from service.engine import State, TaggingService, TagOptions, TagOutcome
-from service.errors import ServiceError
+from service.errors import InvalidRequest, ServiceError
 from service.protos import load
 
 pb, pb_grpc = load()
 log = logging.getLogger("ml2p.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tagger"].full_name  # "ml2p.v1.Tagger"
 STREAM_WINDOW = 64  # TagStream items in flight per stream (the rest wait: backpressure)
+
+
+class Undecodable:
+    """A request message that did not parse (corrupt wire format, a string that is not UTF-8).
+
+    Handed to the servicer instead of the message so that it answers INVALID_ARGUMENT; grpc
+    itself would answer UNKNOWN with the parser's exception text.
+    """
+
+    request_id = ""
+
+    def __init__(self, message_type: str, problem: Exception) -> None:
+        self.error = InvalidRequest(f"malformed {message_type} message: {problem}")
+
+
+def _lenient(parse: Callable[[bytes], object], message_type: str) -> Callable[[bytes], object]:
+    def deserialize(data: bytes) -> object:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(message_type, exc)
+    return deserialize
+
+
+class _HandlerRecorder:
+    """Stands in for the server in the generated `add_TaggerServicer_to_server`."""
+
+    handlers: dict
+
+    def add_generic_rpc_handlers(self, handlers: tuple) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers = handlers
+
+
+def _add_tagger(servicer: TaggerServicer, server: grpc.aio.Server) -> None:
+    """Register `ml2p.v1.Tagger` with request parsing errors mapped to INVALID_ARGUMENT."""
+    recorder = _HandlerRecorder()
+    pb_grpc.add_TaggerServicer_to_server(servicer, recorder)
+    handlers = {
+        name: handler._replace(request_deserializer=_lenient(
+            handler.request_deserializer, name))
+        for name, handler in recorder.handlers.items()}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def tag_response(outcome: TagOutcome, rid: str) -> pb.TagResponse:
@@ -67,13 +115,16 @@ class TaggerServicer(pb_grpc.TaggerServicer):
         return rid
 
     async def _unary(self, method: str, context: grpc.aio.ServicerContext,
-                     handler: Callable[[str], Awaitable], given_id: str = ""):
+                     handler: Callable[[str], Awaitable], given_id: str = "",
+                     request: object = None):
         """Run one unary RPC: request id, auth, status mapping, metrics and access log."""
         start, status = time.perf_counter(), "OK"
         token = logs.request_id.set(None)
         try:
             rid = await self._begin(context, given_id)
             logs.request_id.set(rid)
+            if isinstance(request, Undecodable):
+                raise request.error
             return await handler(rid)
         except ServiceError as exc:
             status = exc.grpc_status
@@ -113,7 +164,7 @@ class TaggerServicer(pb_grpc.TaggerServicer):
     # --- RPCs ------------------------------------------------------------------------------
     async def Tag(self, request, context):  # noqa: N802 - generated names
         return await self._unary("Tag", context, lambda rid: self._tag(request, rid, context),
-                                 given_id=request.request_id)
+                                 given_id=request.request_id, request=request)
 
     async def TagStream(self, request_iterator, context) -> AsyncIterator:  # noqa: N802
         start, status = time.perf_counter(), "OK"
@@ -129,6 +180,8 @@ class TaggerServicer(pb_grpc.TaggerServicer):
         async def item(request: pb.TagRequest) -> pb.TagResponse:
             rid, item_start, item_status = request_id(request.request_id), time.perf_counter(), "OK"
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error
                 return await self._tag(request, rid, context)
             except ServiceError as exc:
                 item_status = exc.grpc_status
@@ -139,8 +192,12 @@ class TaggerServicer(pb_grpc.TaggerServicer):
                 self._record("TagStream.item", item_status, item_start)
 
         async def read() -> None:
-            async for request in request_iterator:
-                await pending.put(asyncio.ensure_future(item(request)))
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(item(request)))
+            except Exception:  # a broken request stream still ends the response loop
+                await pending.put(None)
+                raise
             await pending.put(None)
 
         reader = asyncio.ensure_future(read())
@@ -167,7 +224,7 @@ class TaggerServicer(pb_grpc.TaggerServicer):
                 dim=d["dim"], input_size=d["input_size"], gflops_image=d["gflops"]["image"],
                 gflops_label=d["gflops"]["label"], calibrated=d["calibrated"],
                 state=d["state"], manifest_json=json.dumps(d, default=str))])
-        return await self._unary("ListModels", context, handler)
+        return await self._unary("ListModels", context, handler, request=request)
 
     def _vocabulary(self, name: str, created_now: bool = False,
                     duplicates: list[str] = ()) -> pb.Vocabulary:
@@ -180,18 +237,18 @@ class TaggerServicer(pb_grpc.TaggerServicer):
             _, created, dups = await self.service.put_vocabulary(request.name,
                                                                  list(request.labels))
             return self._vocabulary(request.name, created, dups)
-        return await self._unary("PutVocabulary", context, handler)
+        return await self._unary("PutVocabulary", context, handler, request=request)
 
     async def GetVocabulary(self, request, context):  # noqa: N802
         async def handler(rid: str) -> pb.Vocabulary:
             return self._vocabulary(request.name)
-        return await self._unary("GetVocabulary", context, handler)
+        return await self._unary("GetVocabulary", context, handler, request=request)
 
     async def DeleteVocabulary(self, request, context):  # noqa: N802
         async def handler(rid: str) -> pb.DeleteVocabularyResponse:
             self.service.delete_vocabulary(request.name)
             return pb.DeleteVocabularyResponse()
-        return await self._unary("DeleteVocabulary", context, handler)
+        return await self._unary("DeleteVocabulary", context, handler, request=request)
 
 
 def _error_metadata(exc: ServiceError) -> tuple:
@@ -220,7 +277,7 @@ async def start_grpc_server(service: TaggingService, host: str, port: int) -> Gr
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_TaggerServicer_to_server(TaggerServicer(service), server)
+    _add_tagger(TaggerServicer(service), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
