@@ -49,6 +49,12 @@ def clean_labels(labels: list[str], normalize, *, max_labels: int, max_chars: in
         if len(label) > max_chars:
             raise LabelError(f"label {i} is {len(label)} characters, over the limit of "
                              f"{max_chars}", field=f"{field}[{i}]")
+        if not label.isascii():
+            try:
+                label.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): not text
+                raise LabelError(f"label {i} is not valid Unicode text",
+                                 field=f"{field}[{i}]") from None
         key = normalize(label)
         if not key:  # e.g. only control characters, which the normaliser strips
             raise LabelError(f"label {i} has no text the model can read", field=f"{field}[{i}]")

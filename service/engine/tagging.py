@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -256,6 +257,8 @@ class TaggingService:
                                  f"{self.settings.max_images}", field="images")
         if options.top_k is not None and options.top_k < 1:
             raise InvalidRequest("top_k must be at least 1", field="top_k")
+        if options.threshold is not None and not math.isfinite(options.threshold):
+            raise InvalidRequest("threshold must be a finite number", field="threshold")
         if (labels is None) == (vocabulary is None):
             raise InvalidRequest("send either labels or a vocabulary name (exactly one)",
                                  field="labels")

@@ -28,11 +28,11 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def _voc_labels(path: Path) -> list[str]:
-    return [c["label"] for c in json.loads(path.read_text())["classes"]]
+    return [c["label"] for c in json.loads(path.read_text(encoding="utf-8"))["classes"]]
 
 
 def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # name -> (data file, reader). Read as data files: the service never imports `models`.
@@ -83,7 +83,7 @@ class VocabularyStore:
             return
         for path in sorted(self.directory.glob("*.json")):
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(path.read_text(encoding="utf-8"))
                 name = validate_name(data["name"])
                 labels = [str(label) for label in data["labels"]]
             except (OSError, ValueError, KeyError, TypeError, InvalidRequest) as exc:
@@ -115,7 +115,7 @@ class VocabularyStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"name": name, "labels": vocabulary.labels, "created": vocabulary.created}
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, ensure_ascii=False)
         os.replace(tmp, self.directory / f"{name}.json")
         self._items[name] = vocabulary
