@@ -53,6 +53,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "body or image pixels over the limit", 415: "unsupported content type",
         422: "invalid request (labels, options)", 429: "queue full (see Retry-After)",
         503: "not ready or shutting down", 504: "deadline exceeded"}.items()}
+_AUTH = {401: _ERRORS[401]}
+_NOT_READY = {503: _ERRORS[503]}
+_NOT_FOUND = {404: {"model": ErrorBody, "description": "no such vocabulary"}}
+_BUILTIN = {409: {"model": ErrorBody, "description": "built-in vocabulary"}}
+_TAG_ERRORS = {**_ERRORS, 404: {"model": ErrorBody, "description": "unknown vocabulary"}}
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "body_too_large", 415: "unsupported_media_type"}
 _FORM_OPTIONS = ("vocabulary", "top_k", "threshold", "timeout_ms")
@@ -239,7 +244,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         response = error_response(error)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:  # Starlette names only the first route matching the path
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (one route per method here)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(request.url.path):
+            methods |= route_methods
+    return sorted(methods)
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -253,13 +270,13 @@ def _add_routes(app: FastAPI) -> None:
 
     for path in ("/v1/tag", "/tag"):
         app.add_api_route(path, tag, methods=["POST"], dependencies=auth,
-                          response_model=TagResponse, responses=_ERRORS, tags=["tagging"],
+                          response_model=TagResponse, responses=_TAG_ERRORS, tags=["tagging"],
                           openapi_extra=_tag_body_doc(TagJSONRequest, batch=False),
                           name="tag" if path == "/v1/tag" else "tag_alias",
                           include_in_schema=path == "/v1/tag")
 
     @app.post("/v1/tag/batch", dependencies=auth, response_model=BatchTagResponse,
-              responses=_ERRORS, tags=["tagging"],
+              responses=_TAG_ERRORS, tags=["tagging"],
               openapi_extra=_tag_body_doc(BatchJSONRequest, batch=True))
     async def tag_batch(request: Request, service: Service) -> Response:
         """Tag several images against one label list."""
@@ -274,13 +291,13 @@ def _add_routes(app: FastAPI) -> None:
                              duplicates_removed=list(duplicates)).model_dump()
 
     @app.get("/v1/vocabularies", dependencies=auth, response_model=VocabularyList,
-             tags=["vocabularies"])
+             responses=_AUTH, tags=["vocabularies"])
     async def list_vocabularies(service: Service) -> dict:
         return {"vocabularies": service.vocabularies.names()}
 
     @app.put("/v1/vocabularies/{name}", dependencies=auth, response_model=VocabularyOut,
              responses={**_ERRORS, 201: {"model": VocabularyOut, "description": "created"},
-                        409: {"model": ErrorBody, "description": "built-in vocabulary"}},
+                        **_BUILTIN},
              tags=["vocabularies"])
     async def put_vocabulary(name: VocabularyName, body: VocabularyIn, service: Service,
                              response: Response) -> dict:
@@ -290,18 +307,19 @@ def _add_routes(app: FastAPI) -> None:
         return vocab_out(service, name, duplicates)
 
     @app.get("/v1/vocabularies/{name}", dependencies=auth, response_model=VocabularyOut,
-             responses={404: {"model": ErrorBody}}, tags=["vocabularies"])
+             responses={**_AUTH, **_NOT_FOUND}, tags=["vocabularies"])
     async def get_vocabulary(name: VocabularyName, service: Service) -> dict:
         return vocab_out(service, name)
 
     @app.delete("/v1/vocabularies/{name}", dependencies=auth, status_code=204,
-                responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+                responses={**_AUTH, **_NOT_FOUND, **_BUILTIN, **_NOT_READY},
                 tags=["vocabularies"])
     async def delete_vocabulary(name: VocabularyName, service: Service) -> Response:
         service.delete_vocabulary(name)
         return Response(status_code=204)
 
-    @app.get("/v1/models", dependencies=auth, response_model=ModelList, tags=["models"])
+    @app.get("/v1/models", dependencies=auth, response_model=ModelList, responses=_AUTH,
+             tags=["models"])
     async def models(service: Service) -> ModelList:
         """The loaded model: name, version, engine, G, D, GFLOPs, accuracy."""
         return ModelList(models=[ModelInfo(**service.describe())])
