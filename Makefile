@@ -1,17 +1,34 @@
 # Developer entry points. PYTHON defaults to the project venv (see README set-up).
-PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
 ML2P_MODEL ?= models/zoo/default
 export ML2P_MODEL
+DEFAULT_ARTIFACT := models/zoo/default
+WEIGHTS := models/weights/default.pt
 
-.PHONY: proto serve test lint compose-check
+.PHONY: install proto model serve test lint compose-check
+
+install: .venv/.installed  ## venv with the CPU torch build and every extra (train, dev)
+
+.venv/.installed: pyproject.toml
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	.venv/bin/pip install -q --disable-pip-version-check -e '.[train,dev]'
+	touch $@
 
 proto:  ## generate the gRPC stubs into service/_generated/ (also done on first import)
 	$(PYTHON) -m service.protos
 
-serve: proto  ## run REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
+model: $(DEFAULT_ARTIFACT)/manifest.json  ## build the default artifact from the committed weights (cached)
+
+$(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration.npz
+	$(PYTHON) -m service.cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) \
+		--calibration models/weights/default.calibration.npz \
+		--accuracy benchmarks/results/accuracy.json
+
+serve: install proto $(if $(filter $(DEFAULT_ARTIFACT),$(ML2P_MODEL)),model)  ## install if needed, then REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
 	$(PYTHON) -m service.cli serve
 
-test: proto  ## the whole test-suite
+test: install proto  ## the whole test-suite
 	$(PYTHON) -m pytest -q
 
 lint:

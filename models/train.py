@@ -50,6 +50,10 @@ class TrainConfig:
     distill_teacher_temperature: float = 1.0
     distill_student_scale: float = 20.0
     max_train_images: dict = field(default_factory=dict)  # per dataset cap (subsampling)
+    # ML2P with ImageNet evidence: start its C→D map at the class names' label vectors (a
+    # ConSE prior), excluded classes at zero so no unseen concept enters through it
+    # ("class_names_all" keeps the excluded classes too: the information ConSE itself uses)
+    evidence_init: str = "zeros"  # "zeros" | "class_names" | "class_names_all"
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -155,7 +159,19 @@ class Trainer:
         # a fixed centring mean over a broad vocabulary: sentence-embedding vectors are
         # anisotropic, and ranking against raw vectors collapses to constant scores
         self.tagger.label_transform.fit_mean(np.concatenate([raw_labels, raw_imagenet]))
+        if config.evidence_init != "zeros":
+            self._init_evidence(keep_excluded=config.evidence_init == "class_names_all")
         self.index = self._joint_index()
+
+    def _init_evidence(self, keep_excluded: bool) -> None:
+        evidence = getattr(self.tagger.head, "evidence", None)
+        if evidence is None:
+            raise ValueError("evidence_init='class_names' needs a head with imagenet_evidence_dim")
+        with torch.no_grad():
+            vectors = self.tagger.transform_labels(self.raw_imagenet)  # [1000, D]
+            if not keep_excluded:
+                vectors[~self.imagenet_keep] = 0
+            evidence.weight.copy_(vectors.T)
 
     def _joint_index(self) -> list[tuple[int, int]]:
         return [(s, i) for s, split in enumerate(self.train_splits) for i in range(len(split.rows))]

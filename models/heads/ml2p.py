@@ -137,6 +137,9 @@ class ML2PHead(nn.Module):
             probabilities softmax(logits) [B, C] are mapped by a zero-initialised Linear C→D and
             added to every pooled group vector before group attention, so training starts from
             the plain encoder and learns how much of the classifier's evidence to use.
+        cosine_scale: 0 = off (faithful: raw dot products, whose scale varies per image). >0:
+            each group vector is L2-normalised and multiplied by this, so a score is a scaled
+            cosine and comparable across images (what per-label mAP ranks).
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class ML2PHead(nn.Module):
         group_hidden: int | None = None,
         residual: bool = False,
         imagenet_evidence_dim: int = 0,
+        cosine_scale: float = 0.0,
     ) -> None:
         super().__init__()
         base = TRANSFORM_CONFIGS.get(backbone)
@@ -166,6 +170,7 @@ class ML2PHead(nn.Module):
         self.groups, self.dim, self.residual = groups, dim, residual
         self.tokens = tokens or (input_size // 32) ** 2
         self.imagenet_evidence_dim = imagenet_evidence_dim
+        self.cosine_scale = cosine_scale
         self.uses_imagenet_logits = imagenet_evidence_dim > 0
 
         self.transforms = nn.ModuleList(
@@ -200,7 +205,10 @@ class ML2PHead(nn.Module):
                 raise ValueError("this ML2P head was built with imagenet_evidence_dim > 0 and "
                                  "needs the backbone's ImageNet logits")
             x = x + self.evidence(imagenet_logits.softmax(dim=-1)).unsqueeze(1)  # [B, G, D]
-        return self.group_attention(x)  # [B, G, D]
+        x = self.group_attention(x)  # [B, G, D]
+        if self.cosine_scale:
+            x = F.normalize(x, dim=-1) * self.cosine_scale
+        return x
 
     @staticmethod
     def score(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
