@@ -13,11 +13,14 @@ mAP / F1@3 / F1@5). Plus the ML2P ablations (λ, residual, G) and the cost of ev
   counted). Parameters: torch parameters of the head; for the backbone, those the used outputs
   depend on (a backward pass finds them: Lite0 without its classifier unless the head reads
   the ImageNet logits, as ConSE does).
-- latency per image at batch 1 and batch 32, PyTorch eager fp32 on this CPU, `--threads`
-  threads (default 1: the machine is shared), median of `--runs` (≥ 20) timed runs after 3
-  warm-up runs, with p10 / p90 / min / max; all methods in one process, one run. Backbone
-  alone, head alone (on the backbone's taps of the same images) and, for this project's
-  configuration, backbone + head end to end.
+- latency per image at batch 1 and batch 32 on this CPU, fp32, in onnxruntime on each part's
+  exported graph (the serving engine; `--engine torch` for PyTorch eager, whose depthwise
+  convolutions are slow at batch 32), `--threads` threads (default 1: the machine is shared),
+  median of `--runs` (≥ 20) timed runs after 3 warm-up runs, with p10 / p90 / min / max; all
+  methods in one process, one run, timed round-robin (run r of every point, then run r + 1) so
+  load from other jobs falls on all methods alike. Backbone alone, head alone (on the
+  backbone's taps of the same images) and, for this project's configuration, backbone + head
+  end to end.
 - the paper configuration (VGG19-BN at 224, random weights — cost does not depend on them) for
   ML2P (faithful: G = 7, D = 300, widths 512/512/1024), LESA and BiAM (D = 300): cost only; its
   end-to-end latency is the backbone's plus the head's (one VGG19 timing shared by the three).
@@ -76,6 +79,8 @@ ABLATIONS = (
     ("ml2p-lr3e-3", "ML2P lr 3e-3", "ml2p-lr3e-3"),
     ("ml2p-noproj", "ML2P no label projection (D = 384)", "ml2p-noproj"),
 )
+ENGINES = {"onnxruntime": "onnxruntime (the exported ONNX graph of each part)",
+           "torch": "PyTorch eager"}
 # the paper configuration (cost only): VGG19-BN taps at 224, D = 300 word vectors
 PAPER_BACKBONE = "vgg19_bn"
 PAPER_DIM = 300
@@ -228,19 +233,45 @@ def _modules():  # noqa: ANN202 - the nn.Module wrappers, built lazily (torch im
     return BackbonePart, HeadPart, EndToEnd
 
 
-def _export_flops(module, inputs: tuple, names: list[str], directory: Path) -> dict:  # noqa: ANN001
-    """GFLOPs of `module` at `inputs` (batch 1), counted from its ONNX graph."""
+def export_part(module, inputs: tuple, names: list[str], path: Path) -> tuple[Path, dict]:  # noqa: ANN001
+    """Export `module` to ONNX (dynamic batch axis) and count its GFLOPs at batch 1."""
     import torch
 
     from models.flops import count_flops
 
-    path = directory / f"part-{len(list(directory.iterdir()))}.onnx"
+    with torch.no_grad():
+        outs = module(*inputs)
+    n_out = len(outs) if isinstance(outs, tuple) else 1
+    outputs = [f"out{i}" for i in range(n_out)]
     with torch.no_grad():
         torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17,
-                          input_names=names, do_constant_folding=True)
-    report = count_flops(path, {n: tuple(t.shape) for n, t in zip(names, inputs, strict=True)})
-    path.unlink()
-    return {"gflops": report.flops / 1e9, "elementwise_gflops": report.elementwise_flops / 1e9}
+                          input_names=names, output_names=outputs,
+                          dynamic_axes={n: {0: "N"} for n in names + outputs},
+                          do_constant_folding=True)
+    report = count_flops(path, {n: (1, *t.shape[1:]) for n, t in zip(names, inputs, strict=True)})
+    return path, {"gflops": report.flops / 1e9,
+                  "elementwise_gflops": report.elementwise_flops / 1e9}
+
+
+def ort_runner(path: Path, threads: int) -> Callable:
+    """fn(*arrays) running the ONNX graph in onnxruntime (CPU, `threads`, no spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    declared = [i.name for i in sess.get_inputs()]
+    exported = ["image"] if declared == ["image"] else ["t8", "t16", "t32", "logits"]
+
+    def run(*arrays):  # noqa: ANN002, ANN202
+        feeds = {n: a for n, a in zip(exported, arrays, strict=False) if n in declared}
+        return sess.run(None, feeds)
+
+    return run
 
 
 def backbone_params(module) -> int:  # noqa: ANN001 - BackbonePart
@@ -262,13 +293,15 @@ def backbone_params(module) -> int:  # noqa: ANN001 - BackbonePart
     return int(n)
 
 
-def measure_cost(project: dict, runs: int, paper: bool = True) -> dict:
+def measure_cost(project: dict, runs: int, paper: bool = True, engine: str = "onnxruntime",
+                 threads: int = 1) -> dict:
     """Cost of each method: params / GFLOPs (backbone, head) and latency at batch 1 and 32.
 
     `project`: {key: checkpoint path} of this project's trained models (the architecture is
     read from the checkpoint). The paper configuration is built here with random weights.
     Every latency point (backbones alone, heads alone, project end to end) is timed in one
-    interleaved loop (`time_interleaved`).
+    interleaved loop (`time_interleaved`), in onnxruntime on the exported graphs (the serving
+    engine; default) or in PyTorch eager (`engine="torch"`).
     """
     import torch
 
@@ -286,21 +319,30 @@ def measure_cost(project: dict, runs: int, paper: bool = True) -> dict:
     taps_of: dict[str, tuple] = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-paper-"))
 
-    def add_points(where: str, fn: Callable, args_for: Callable) -> None:
-        for b in BATCHES:
-            points[f"{where}|b{b}"] = (fn, args_for(b))
+    def add_points(where: str, module: torch.nn.Module, graph: Path, args_for: Callable) -> None:
+        if engine == "onnxruntime":
+            fn = ort_runner(graph, threads)
+            for b in BATCHES:
+                points[f"{where}|b{b}"] = (fn, tuple(a.numpy() for a in args_for(b)))
+        else:
+            for b in BATCHES:
+                points[f"{where}|b{b}"] = (module, args_for(b))
+
+    def graph_path(where: str) -> Path:
+        return tmp / (where.replace("/", "_").replace(" ", "_") + ".onnx")
 
     def backbone_part(label: str, backbone: torch.nn.Module, logits: bool) -> str:
         key = f"{label}{'+classifier' if logits else ''}"
         if key not in result["backbones"]:
             log.info("cost: backbone %s", key)
             part = BackbonePart(backbone, logits).eval()
-            result["backbones"][key] = {"params": backbone_params(part),
-                                        **_export_flops(part, (images[:1],), ["image"], tmp)}
+            graph, flops = export_part(part, (images[:1],), ["image"],
+                                       graph_path(f"backbone/{key}"))
+            result["backbones"][key] = {"params": backbone_params(part), **flops}
             with torch.inference_mode():
                 taps_of[key] = part(images)
             parts[key] = part
-            add_points(f"backbone/{key}", part, lambda b: (images[:b],))
+            add_points(f"backbone/{key}", part, graph, lambda b: (images[:b],))
         return key
 
     def head_part(where: str, head: torch.nn.Module, labels: torch.Tensor,
@@ -308,9 +350,10 @@ def measure_cost(project: dict, runs: int, paper: bool = True) -> dict:
         log.info("cost: %s head", where)
         part = HeadPart(head.eval(), labels).eval()
         names = ["t8", "t16", "t32", "logits"][: len(taps)]
-        entry = {"params": int(sum(p.numel() for p in head.parameters())),
-                 **_export_flops(part, tuple(t[:1] for t in taps), names, tmp)}
-        add_points(f"head/{where}", part, lambda b: tuple(t[:b] for t in taps))
+        graph, flops = export_part(part, tuple(t[:1] for t in taps), names,
+                                   graph_path(f"head/{where}"))
+        entry = {"params": int(sum(p.numel() for p in head.parameters())), **flops}
+        add_points(f"head/{where}", part, graph, lambda b: tuple(t[:b] for t in taps))
         return part, entry
 
     for key, path in project.items():
@@ -320,8 +363,9 @@ def measure_cost(project: dict, runs: int, paper: bool = True) -> dict:
         labels = torch.nn.functional.normalize(
             torch.randn(SCORED_LABELS, tagger.config["dim"], generator=gen), dim=-1)
         hpart, head_entry = head_part(f"project/{key}", tagger.head, labels, taps_of[bkey])
-        add_points(f"e2e/project/{key}", EndToEnd(parts[bkey], hpart).eval(),
-                   lambda b: (images[:b],))
+        whole = EndToEnd(parts[bkey], hpart).eval()
+        graph, _ = export_part(whole, (images[:1],), ["image"], graph_path(f"e2e/{key}"))
+        add_points(f"e2e/project/{key}", whole, graph, lambda b: (images[:b],))
         result["project"][key] = {"backbone": bkey, "head": head_entry,
                                   "end_to_end_measured": True}
     if paper:
@@ -335,13 +379,13 @@ def measure_cost(project: dict, runs: int, paper: bool = True) -> dict:
             _, head_entry = head_part(f"paper/{key}", head, labels, taps_of[bkey])
             result["paper"][key] = {"backbone": bkey, "head": head_entry,
                                     "end_to_end_measured": False, "head_kwargs": kwargs}
+    log.info("timing %d latency points × %d runs (interleaved, %s)", len(points), runs, engine)
+    with torch.inference_mode():
+        times = time_interleaved(points, runs)
+    points.clear()
     for path in tmp.iterdir():
         path.unlink()
     tmp.rmdir()
-
-    log.info("timing %d latency points × %d runs (interleaved)", len(points), runs)
-    with torch.inference_mode():
-        times = time_interleaved(points, runs)
     latency: dict[str, dict] = {}
     for point, values in times.items():
         where, batch = point.rsplit("|", 1)
@@ -422,10 +466,13 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}` ({report['created']}; wall time "
         f"{report['wall_seconds'] / 60:.1f} min, of which training "
-        f"{report['train_seconds'] / 60:.1f} min). Machine: {report['machine']['cpu']}, "
+        f"{report['train_seconds'] / 60:.1f} min; "
+        + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f} min"
+                    for k, v in report.get("phase_seconds", {}).items())
+        + f"). Machine: {report['machine']['cpu']}, "
         f"{report['machine']['cores']} cores (shared with other jobs; load average "
         f"{report['machine']['load_average']} at the end), torch {report['machine']['torch']}, "
-        f"{report['threads']} thread(s) for timing.",
+        f"{report['threads']} thread(s).",
         "",
         f"Budget **{report['budget']}**: {report['budget_note']} Seeds of the main methods: "
         f"{report['seeds']}. {report['ml2p_note']}",
@@ -446,8 +493,10 @@ def markdown(report: dict) -> str:
         "Cost: params in millions and GFLOPs per image as backbone / head (GFLOPs counted from "
         "each part's ONNX graph by `models.flops.count_flops`, 1 multiply-add = 2 FLOPs, "
         f"Conv/MatMul/Gemm; the head includes scoring {SCORED_LABELS} labels); latency in ms "
-        "per image, end to end (backbone + head), PyTorch eager fp32 on this CPU, median of "
-        f"{report['runs_per_point']} runs after warm-up (p10–p90). ",
+        f"per image, end to end (backbone + head), {ENGINES[report.get('engine', 'torch')]} "
+        f"fp32 on this CPU, {report['threads']} thread(s), median of "
+        f"{report['runs_per_point']} runs after 3 warm-up runs (p10–p90), every point timed "
+        "round-robin in one loop so that load from other jobs falls on all methods alike.",
         "",
     ]
     acc_header = "| method | " + " | ".join(
@@ -600,7 +649,7 @@ def figure(report: dict, path: Path) -> Path:
     panel(axes[1], lambda b, e: (e["end_to_end"]["b1"]["median_ms_per_image"],
                                  e["head"]["latency"]["b1"]["median_ms_per_image"]),
           "ms per image, batch 1 (log)",
-          f"Inference time, CPU, {report['threads']} thread(s)")
+          f"Inference time, CPU {report.get('engine', 'torch')}, {report['threads']} thread(s)")
     panel(axes[2], lambda b, e: (b["gflops"] + e["head"]["gflops"], e["head"]["gflops"]),
           "GFLOPs per image (log)", "GFLOPs")
     fig.tight_layout()
@@ -621,7 +670,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     if args.runs < 20:
         log.warning("--runs %d: fewer than the 20 timed runs the report promises", args.runs)
-    skip = ("ml2p",) if args.ml2p_checkpoint else ()
+    wanted = set(args.methods or [k for k, _, _ in MAIN])
+    skip = tuple(k for k, _, _ in MAIN if k not in wanted or (k == "ml2p" and args.ml2p_checkpoint))
     runs = plan_runs(args.budget, args.seeds, not args.no_ablations, skip)
     train_seconds = 0.0
     checkpoints: dict[str, dict] = {}
@@ -651,7 +701,11 @@ def run(args: argparse.Namespace) -> dict:
     main = {k: [checkpoints[k][s] for s in sorted(checkpoints[k])] for k, _, _ in MAIN
             if k in checkpoints}
     log.info("evaluating %s", list(main))
+    phases = {"checkpoints": round(time.perf_counter() - started, 1)}
+    t0 = time.perf_counter()
     accuracy = evaluate_methods(main, list(DATASETS), bootstrap=args.bootstrap, command=command)
+    phases["evaluation"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
     ablation_accuracy, same_as = None, {}
     ablation_runs = [r for r in runs if r["group"] == "ablation"]
     if ablation_runs:
@@ -668,11 +722,15 @@ def run(args: argparse.Namespace) -> dict:
         ablation_accuracy = evaluate_methods(
             {r["key"]: [Path(r["checkpoint"])] for r in ablation_runs}, list(DATASETS),
             bootstrap=0, random=False, command=command)
-    cost = measure_cost({k: main[k][0] for k in main}, args.runs, paper=not args.no_paper_config)
+    phases["ablation_evaluation"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    cost = measure_cost({k: main[k][0] for k in main}, args.runs, paper=not args.no_paper_config,
+                        engine=args.engine, threads=args.threads)
+    phases["cost"] = round(time.perf_counter() - t0, 1)
     names = {r["key"]: r["name"] for r in runs}
     budget_note = (f"every run {SMALL_EPOCHS} epochs (the default recipe's other settings "
-                   "unchanged), one seed" if args.budget == "small" else
-                   f"main methods at their recipe's epochs, ablations at {SMALL_EPOCHS} epochs")
+                   "unchanged), one seed." if args.budget == "small" else
+                   f"main methods at their recipe's epochs, ablations at {SMALL_EPOCHS} epochs.")
     ml2p_note = ("The ML2P row is the default recipe's model trained here through the same "
                  "config-hash cache at this budget (the lead's default checkpoints did not "
                  "exist when this ran)." if not args.ml2p_checkpoint else
@@ -684,13 +742,13 @@ def run(args: argparse.Namespace) -> dict:
         "small_epochs": SMALL_EPOCHS,
         "seeds": sorted({r["seed"] for r in runs
                          if r["group"] == "main" and r["seed"] is not None}),
-        "threads": args.threads, "runs_per_point": args.runs,
+        "threads": args.threads, "runs_per_point": args.runs, "engine": args.engine,
         "runs": [{k: v for k, v in r.items() if k != "config"}
                  | {"config": r["config"].to_json() if "config" in r else None} for r in runs],
         "accuracy": accuracy,
         "ablation_accuracy": ablation_accuracy, "ablation_same_as": same_as,
         "cost": cost,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "phase_seconds": phases,
     }
     report["verdict"] = verdict(accuracy, names)
     report["machine"] = machine()

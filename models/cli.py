@@ -190,12 +190,20 @@ def add_bench_paper_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ml2p-checkpoint", nargs="+", metavar="CKPT",
                         help="use these default-model checkpoints for the ML2P row instead of "
                              "training the default recipe through the cache")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        choices=["conse", "fast0tag", "lesa", "biam", "ml2p"],
+                        help="only these main methods (default: all five)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the ML2P ablations")
     parser.add_argument("--no-paper-config", action="store_true",
                         help="skip the VGG19-BN paper-configuration cost measurement")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per latency point")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for timing")
-    parser.add_argument("--bootstrap", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for training and timing")
+    parser.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
+                        help="latency on the exported ONNX graphs in onnxruntime (the serving "
+                             "engine) or in PyTorch eager")
+    parser.add_argument("--bootstrap", type=int, default=200,
+                        help="bootstrap resamples of test images for the mAP intervals")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/paper_comparison.json"))
     parser.add_argument("--train-only", action="store_true",
                         help="train (or find) every checkpoint and stop")

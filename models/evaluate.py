@@ -160,8 +160,8 @@ def checkpoint_scores(checkpoints: list[Path], dataset: str,
                       ) -> tuple[list[np.ndarray], SplitData]:
     """Test-split scores of each checkpoint (one per seed) of one method on `dataset`.
 
-    `splits` / `embedders` are optional caches shared across methods (keyed by backbone and
-    embedder kind), so every method sees the same test images and label texts.
+    `splits` / `embedders` are optional caches shared across methods (keyed by dataset and
+    backbone / embedder kind), so every method sees the same test images and label vectors.
     """
     splits = {} if splits is None else splits
     embedders = {} if embedders is None else embedders
@@ -174,7 +174,9 @@ def checkpoint_scores(checkpoints: list[Path], dataset: str,
         split = splits[dataset, backbone]
         if kind not in embedders:
             embedders[kind] = create_embedder(kind)
-        raw = torch.from_numpy(embedders[kind].embed(split.label_names))
+        if (kind, dataset) not in embedders:  # label texts embedded once per dataset
+            embedders[kind, dataset] = embedders[kind].embed(split.label_names)
+        raw = torch.from_numpy(embedders[kind, dataset])
         with torch.no_grad():
             vectors = tagger.transform_labels(raw)
         out.append(predict(tagger, split, vectors))
