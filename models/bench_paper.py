@@ -109,9 +109,29 @@ def resolve_config(recipe: str, epochs: int | None = None, seed: int = 0):  # no
     return TrainConfig(**data)
 
 
+# TrainConfig's fields when the cache scheme was fixed: always hashed, whatever their value
+HASHED_FIELDS = ("model", "datasets", "eval_datasets", "epochs", "batch_size", "lr",
+                 "weight_decay", "warmup_steps", "lam", "negatives", "distill_weight",
+                 "distill_teacher_temperature", "distill_student_scale", "max_train_images",
+                 "seed")
+
+
+def canonical_config(config) -> dict:  # noqa: ANN001 - TrainConfig
+    """The configuration as hashed: every field in HASHED_FIELDS, plus any later field whose
+    value differs from its TrainConfig default.
+
+    So a field added to TrainConfig later, with a default that keeps the old behaviour, does
+    not invalidate the cached checkpoints, while every setting that existed is hashed by value
+    (a changed default in the dataclass can never alias two different trainings).
+    """
+    data = json.loads(json.dumps(config.to_json()))
+    defaults = json.loads(json.dumps(type(config)().to_json()))
+    return {k: v for k, v in data.items() if k in HASHED_FIELDS or v != defaults.get(k)}
+
+
 def config_hash(config) -> str:  # noqa: ANN001 - TrainConfig
-    """16 hex digits of SHA-256 over the canonical JSON of the whole training configuration."""
-    text = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
+    """16 hex digits of SHA-256 over the canonical JSON of `canonical_config(config)`."""
+    text = json.dumps(canonical_config(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -142,6 +142,20 @@ def test_checkpoint_cache_by_config_hash(monkeypatch: pytest.MonkeyPatch,
     assert not cached and other != path and calls == [0, 1]
 
 
+def test_config_hash_ignores_new_default_fields() -> None:
+    import dataclasses
+
+    config = bench_paper.resolve_config("lesa", epochs=2)
+    later = dataclasses.make_dataclass("LaterConfig", [("new_option", str, "off")],
+                                       bases=(TrainConfig,))
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    assert bench_paper.config_hash(later(**data)) == bench_paper.config_hash(config)
+    assert bench_paper.config_hash(later(**data, new_option="on")) != bench_paper.config_hash(
+        config)
+    assert bench_paper.config_hash(bench_paper.resolve_config("lesa", epochs=3)) != \
+        bench_paper.config_hash(config)
+
+
 def test_recipes_are_override_sets() -> None:
     from models.cli import load_recipe
 
