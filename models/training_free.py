@@ -31,14 +31,15 @@ def fit_training_free(trainer: Trainer) -> dict:
     started = time.perf_counter()
     with torch.no_grad():
         head.set_class_vectors(trainer.tagger.transform_labels(trainer.raw_imagenet))
-    head.set_exclusion_mask(~trainer.imagenet_keep)
+    head.set_exclusion_mask(~trainer.imagenet_keep if getattr(head, "exclude_unseen", True)
+                            else None)
     record = {"epoch": 0, "seconds": round(time.perf_counter() - started, 1),
               "val": trainer.validate()}
     history = [record]
     cfg: TrainConfig = trainer.config
     provenance = {"train_config": cfg.to_json(), "git_commit": git_commit(),
                   "training_free": True,
-                  "imagenet_classes_excluded": int((~trainer.imagenet_keep).sum()),
+                  "imagenet_classes_excluded": int(head.excluded.sum()),
                   "excluded_labels": sorted(trainer.excluded)}
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(trainer.tagger, trainer.out_dir / "model.pt", history=history,

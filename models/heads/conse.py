@@ -31,6 +31,8 @@ class ConSEHead(nn.Module):
         dim: D, the label-space dimension of the class vectors.
         top_t: T, how many of the most probable classes are mixed (paper: 10).
         num_classes: classifier width (1000 for ImageNet-1k).
+        exclude_unseen: whether `train_any` sets the exclusion mask (classes naming an unseen
+            label); False keeps all classes (the mask can still be set explicitly).
         backbone, input_size: accepted for the tagger's uniform call; unused.
     """
 
@@ -38,9 +40,11 @@ class ConSEHead(nn.Module):
     trainable = False
 
     def __init__(self, dim: int = 300, top_t: int = 10, num_classes: int = 1000,
-                 backbone: str | None = None, input_size: int | None = None) -> None:
+                 exclude_unseen: bool = True, backbone: str | None = None,
+                 input_size: int | None = None) -> None:
         super().__init__()
         self.dim, self.top_t, self.num_classes = dim, top_t, num_classes
+        self.exclude_unseen = exclude_unseen
         self.register_buffer("class_vectors", torch.zeros(num_classes, dim))  # [C, D]
         self.register_buffer("excluded", torch.zeros(num_classes, dtype=torch.bool))  # [C]
 
