@@ -2,8 +2,9 @@
 200 labels. fp32: max abs diff ≤ 1e-4 on groups and label embeddings, identical top-5 on ≥ 99 %
 of images. fp16 / int8 variants: agreement printed (sanity-checked only).
 
-Uses `models/zoo/default/` (its `tagger.pt`) when it exists, else an untrained seeded Tagger
-exported to a temporary artifact.
+Uses `models/zoo/default/` (its `tagger.pt`) when it exists, else the committed default
+weights (`models/weights/default.pt`) exported to a temporary artifact; an untrained seeded
+Tagger only when neither is there.
 """
 
 from __future__ import annotations
@@ -21,14 +22,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "models" / "zoo" / "default"
+WEIGHTS = REPO / "models" / "weights" / "default.pt"
 VOC_VAL = Path(os.environ.get("ML2P_VOC_ROOT", REPO.parent / "shared/data/voc2007")) / "images/val"
 TOL = 1e-4
+
+
+def untrained_tagger():  # noqa: ANN201
+    from models.tagger import build_tagger
+
+    torch.manual_seed(0)
+    tagger = build_tagger({"name": "parity", "head_kwargs": {"groups": 7,
+                                                             "widths": [64, 128, 256]},
+                           "dim": 128}).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # untrained BN stats/identity would hide diffs: randomise them
+        for m in tagger.head.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+        tagger.label_transform.mean.normal_(0, 0.05)
+    return tagger
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from models.export import export_artifact, vocabulary_texts
-    from models.tagger import build_tagger, load_checkpoint
+    from models.tagger import load_checkpoint
     from service.imaging import Preprocessing, load_and_preprocess
 
     rng = np.random.default_rng(0)
@@ -43,17 +62,7 @@ def setup(tmp_path_factory):
         art = DEFAULT
         tagger = load_checkpoint(art / "tagger.pt")
     else:
-        torch.manual_seed(0)
-        tagger = build_tagger({"name": "parity", "head_kwargs": {"groups": 7,
-                                                                 "widths": [64, 128, 256]},
-                               "dim": 128}).eval()
-        torch.manual_seed(1)
-        with torch.no_grad():  # untrained BN stats/identity would hide diffs: randomise them
-            for m in tagger.head.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.normal_(0, 0.1)
-                    m.running_var.uniform_(0.5, 2.0)
-            tagger.label_transform.mean.normal_(0, 0.05)
+        tagger = load_checkpoint(WEIGHTS) if WEIGHTS.exists() else untrained_tagger()
         art = export_artifact(tagger, tmp_path_factory.mktemp("parity") / "art",
                               agreement_images=real[:16] if len(real) else random_images[:16],
                               calibration_images=random_images[:16], timing_runs=2)
