@@ -139,6 +139,22 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return module.run(args)
 
 
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    if spec is None or spec.loader is None or not spec.origin or not Path(spec.origin).exists():
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_bench_serve_compare(args: argparse.Namespace) -> int:
+    module = _bench_module("serve_compare")
+    if module is None:
+        return _fail("benchmarks/serve_compare.py not found (run from a source checkout)")
+    return module.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml2p", description="ML2P zero-shot image tagger")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -165,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "latency at several concurrencies")
     _add_bench_serve_args(bench_serve)
     bench_serve.set_defaults(func=cmd_bench_serve)
+    compare = bench_sub.add_parser("serve-compare", help="the service beside the raw pipeline, "
+                                   "a naive FastAPI server and Triton (pytriton), one run")
+    _add_bench_serve_compare_args(compare)
+    compare.set_defaults(func=cmd_bench_serve_compare)
 
     _add_training_commands(sub, bench_sub)
     return parser
@@ -180,6 +200,20 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocols", nargs="+", default=["raw", "rest", "grpc"],
                         choices=["raw", "rest", "grpc"])
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve.json"))
+    parser.add_argument("--note", default="", help="context recorded with the results")
+
+
+def _add_bench_serve_compare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="artifact dir (default: ML2P_MODEL, else a tiny "
+                                        "generated test model)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per point")
+    parser.add_argument("--max-requests", type=int, default=2000, help="cap per point")
+    parser.add_argument("--labels", type=int, default=20, help="candidate labels per request")
+    parser.add_argument("--systems", nargs="+", default=["raw", "rest", "grpc", "naive", "triton"],
+                        choices=["raw", "rest", "grpc", "naive", "triton"])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" /
+                                             "serve_compare.json"))
     parser.add_argument("--note", default="", help="context recorded with the results")
 
 

@@ -1,0 +1,476 @@
+"""`ml2p bench serve-compare`: the service beside what a user would run instead, one run.
+
+Same images, labels and model for every system; closed loop (C clients, each sending its next
+request when the previous answer arrives) at each concurrency, bounded by `--duration` and
+`--max-requests`, the load coming from a separate process on loopback:
+- `raw`: decode + preprocess + engine + scoring in-process (benchmarks/serve_bench.py), the
+  ceiling: no server, no load-generator process, so it has both cores to itself;
+- `rest` / `grpc`: `ml2p serve` driven by serve_bench's load generator;
+- `naive`: benchmarks/naive_server.py (FastAPI, the same engine per request, no batching),
+  same REST load generator;
+- `triton`: NVIDIA Triton through nvidia-pytriton in its own venv (benchmarks/peer/setup.sh)
+  with its dynamic batcher, on the same visual.onnx and the same decode/preprocess code,
+  driven over Triton's HTTP/REST (KServe v2, binary tensor extension) by a raw-socket
+  load generator (`--loadgen-triton`, this file).
+Per point it records throughput, p50/p95/p99, errors, the mean batch size (server metrics),
+the server's CPU (whole process tree, cores used) and peak RSS (sum of VmHWM over the tree),
+and the load generator's CPU. Writes `--out` (JSON) and the same name with `.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_VENV = Path(os.environ.get("ML2P_PEER_VENV", Path.home() / ".cache/ml2p/peer-venv"))
+SYSTEMS = ("raw", "rest", "grpc", "naive", "triton")
+
+
+def _serve_bench():
+    spec = importlib.util.spec_from_file_location("serve_bench", REPO / "benchmarks" /
+                                                  "serve_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sb = _serve_bench()
+
+
+# --- process accounting --------------------------------------------------------------------
+def _tree(pid: int) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for proc in _tree(pid):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except Exception:  # noqa: BLE001 - a child may exit between listing and reading
+            pass
+    return total
+
+
+def _peak_rss_mb(pid: int) -> float:
+    total = 0
+    for proc in _tree(pid):
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _metrics(url: str, names: list[str]) -> dict[str, float]:
+    import httpx
+
+    out = dict.fromkeys(names, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for name in names:
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError(f"not ready: {url}\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+# --- servers -------------------------------------------------------------------------------
+def _start_naive(model: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    from service.testing import free_port
+
+    port = free_port()
+    log = workdir / "naive.log"
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "naive_server.py"),
+                             "--model", str(model), "--port", str(port)], cwd=REPO,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(proc, f"{url}/readyz", log)
+    return proc, url
+
+
+def _peer_python() -> Path:
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        raise FileNotFoundError(f"no peer venv at {PEER_VENV}: run benchmarks/peer/setup.sh")
+    return python
+
+
+def _start_triton(model: Path, labels: list[str], workdir: Path
+                  ) -> tuple[subprocess.Popen, str, str]:
+    from service.artifact import load_artifact
+    from service.runtime import create_engine
+    from service.settings import Settings
+    from service.testing import free_port
+
+    python = _peer_python()
+    engine = create_engine(Settings(model=model), load_artifact(model))
+    matrix_path = workdir / "labels.npy"
+    np.save(matrix_path, engine.encode_labels(labels))
+    engine.close()
+    libdir = subprocess.run([str(python), "-c", "import sysconfig; "
+                             "print(sysconfig.get_config_var('LIBDIR'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"]
+                                       if env.get("LD_LIBRARY_PATH") else "")
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    log = workdir / "triton.log"
+    proc = subprocess.Popen(
+        [str(python), str(REPO / "benchmarks" / "peer" / "triton_server.py"), "--model",
+         str(model), "--label-matrix", str(matrix_path), "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+        cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http}"
+    _wait_ready(proc, f"{url}/v2/models/tagger/ready", log)
+    return proc, url, f"http://127.0.0.1:{metrics}"
+
+
+# --- Triton load generator (own process) ---------------------------------------------------
+def _triton_request(host: str, image: bytes) -> bytes:
+    tensor = len(image).to_bytes(4, "little") + image
+    header = json.dumps({
+        "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(tensor)}}],
+        "outputs": [{"name": "scores", "parameters": {"binary_data": True}}],
+    }).encode()
+    body = header + tensor
+    return (f"POST /v2/models/tagger/infer HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/octet-stream\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _loadgen_triton(target: str, concurrency: int, duration: float,
+                          max_requests: int, images: list[bytes]) -> dict:
+    host, port = target.removeprefix("http://").split(":")
+    requests = [_triton_request(host, image) for image in images]
+    connections: asyncio.Queue = asyncio.Queue()
+    for _ in range(concurrency):
+        connections.put_nowait(await asyncio.open_connection(host, int(port)))
+    latencies: list[float] = []
+    errors = 0
+
+    async def send(i: int) -> bool:
+        reader, writer = await connections.get()
+        try:
+            writer.write(requests[i % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            # not a substring search: Triton also sends Inference-Header-Content-Length
+            length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                          if line.startswith(b"content-length:"))
+            await reader.readexactly(length)
+            return head.startswith(b"HTTP/1.1 200")
+        finally:
+            connections.put_nowait((reader, writer))
+
+    for i in range(4):
+        await send(i)
+    stop_at = time.perf_counter() + duration
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        i = offset
+        while time.perf_counter() < stop_at and len(latencies) + errors < max_requests:
+            start = time.perf_counter()
+            if await send(i):
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+            i += 1
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - begin
+    while not connections.empty():
+        connections.get_nowait()[1].close()
+    return sb._summary(latencies, errors, elapsed)
+
+
+def _run_triton_loadgen(target: str, concurrency: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--loadgen-triton", target,
+               "--concurrency", str(concurrency), "--duration", str(args.duration),
+               "--max-requests", str(args.max_requests)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=args.duration * 4 + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"triton load generator failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- driver --------------------------------------------------------------------------------
+def _point(system: str, c: int, pid: int, load, metrics_before, metrics_after) -> dict:
+    cpu0, gen0, t0 = _cpu_seconds(pid), _children_cpu(), time.perf_counter()
+    before = metrics_before()
+    result = load()
+    after = metrics_after()
+    wall = time.perf_counter() - t0
+    row = {"system": system, "concurrency": c, **result,
+           "server_cpu_cores": round((_cpu_seconds(pid) - cpu0) / wall, 2),
+           "loadgen_cpu_s": round(_children_cpu() - gen0, 2),
+           "server_peak_rss_mb": _peak_rss_mb(pid)}
+    row.update(_batch_fields(system, before, after))
+    sb._print_row(row)
+    return row
+
+
+def _batch_fields(system: str, before: dict, after: dict) -> dict:
+    d = {k: after[k] - before[k] for k in after}
+    if system in ("rest", "grpc"):
+        out = {"mean_batch_size": round(d["ml2p_batch_size_sum"] / d["ml2p_batch_size_count"], 2)
+               if d["ml2p_batch_size_count"] else None}
+        if d["ml2p_queue_duration_seconds_count"]:
+            out["mean_queue_ms"] = round(1000 * d["ml2p_queue_duration_seconds_sum"]
+                                         / d["ml2p_queue_duration_seconds_count"], 2)
+        return out
+    if system == "triton":
+        out = {"mean_batch_size": round(d["nv_inference_request_success"]
+                                        / d["nv_inference_exec_count"], 2)
+               if d["nv_inference_exec_count"] else None}
+        if d["nv_inference_request_success"]:
+            n = d["nv_inference_request_success"]
+            out["mean_queue_ms"] = round(d["nv_inference_queue_duration_us"] / n / 1000, 2)
+        return out
+    return {"mean_batch_size": 1.0}
+
+
+SERVICE_METRICS = ["ml2p_batch_size_sum", "ml2p_batch_size_count",
+                   "ml2p_queue_duration_seconds_sum", "ml2p_queue_duration_seconds_count"]
+TRITON_METRICS = ["nv_inference_request_success", "nv_inference_exec_count",
+                  "nv_inference_queue_duration_us"]
+
+
+def run(args: argparse.Namespace) -> int:
+    images = sb._images()
+    labels = sb._labels(args.labels)
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ml2p-compare-") as tmp:
+        workdir = Path(tmp)
+        model = sb._resolve_model(args.model, workdir)
+        manifest = json.loads((model / "manifest.json").read_text())
+        none = dict  # no metrics for raw / naive
+        for system in args.systems:
+            if system == "raw":
+                for c in args.concurrency:
+                    cpu0, t0 = time.process_time(), time.perf_counter()
+                    result = sb.bench_raw(model, c, args.duration, args.max_requests, labels,
+                                          images)
+                    rows.append({"system": "raw", "concurrency": c, **result,
+                                 "server_cpu_cores": round((time.process_time() - cpu0)
+                                                           / (time.perf_counter() - t0), 2),
+                                 "server_peak_rss_mb": round(resource.getrusage(
+                                     resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+                    sb._print_row(rows[-1])
+            elif system in ("rest", "grpc"):
+                proc, url, grpc_target = sb._start_server(model, workdir)
+                target = url if system == "rest" else grpc_target
+                try:
+                    for c in args.concurrency:
+                        rows.append(_point(
+                            system, c, proc.pid,
+                            lambda c=c, t=target, s=system: sb._run_loadgen(s, t, c, args),
+                            lambda u=url: _metrics(u, SERVICE_METRICS),
+                            lambda u=url: _metrics(u, SERVICE_METRICS)))
+                finally:
+                    _stop(proc)
+            elif system == "naive":
+                proc, url = _start_naive(model, workdir)
+                try:
+                    for c in args.concurrency:
+                        rows.append(_point("naive", c, proc.pid,
+                                           lambda c=c, u=url: sb._run_loadgen("rest", u, c, args),
+                                           none, none))
+                finally:
+                    _stop(proc)
+            elif system == "triton":
+                try:
+                    proc, url, metrics_url = _start_triton(model, labels, workdir)
+                except Exception as exc:  # noqa: BLE001 - record why the peer did not run
+                    skipped["triton"] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+                    print(f"triton skipped: {skipped['triton']}", flush=True)
+                    continue
+                try:
+                    for c in args.concurrency:
+                        rows.append(_point(
+                            "triton", c, proc.pid,
+                            lambda c=c, u=url: _run_triton_loadgen(u, c, args),
+                            lambda m=metrics_url: _metrics(m, TRITON_METRICS),
+                            lambda m=metrics_url: _metrics(m, TRITON_METRICS)))
+                finally:
+                    _stop(proc)
+    report = {
+        "benchmark": "serve-compare",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "ml2p bench serve-compare " + " ".join(sys.argv[3:] if len(sys.argv) > 3
+                                                          else []),
+        "model": f"{manifest['name']}@{manifest['version']}",
+        "model_is_tiny_test_model": manifest["name"] == "tiny-test",
+        "labels_per_request": len(labels), "image": "640x480 JPEG (8 textured images)",
+        "duration_s_per_point": args.duration, "max_requests_per_point": args.max_requests,
+        "total_run_s": round(time.perf_counter() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "processor": platform.processor()},
+        "notes": args.note,
+        "skipped": skipped,
+        "results": rows,
+    }
+    report["goals"] = goals(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _row(rows: list[dict], system: str, c: int) -> dict | None:
+    return next((r for r in rows if r["system"] == system and r["concurrency"] == c), None)
+
+
+def _peak(rows: list[dict], system: str) -> float:
+    return max((r["throughput_rps"] for r in rows if r["system"] == system), default=0.0)
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """The issue's goals, each met / missed with the measured numbers."""
+    out = []
+    raw_peak = _peak(rows, "raw")
+    for system, need in (("rest", 0.85), ("grpc", 0.90)):
+        if raw_peak and _peak(rows, system):
+            ratio = _peak(rows, system) / raw_peak
+            out.append({"goal": f"{system} throughput at saturation >= {need:.0%} of raw",
+                        "measured": f"{_peak(rows, system)} / {raw_peak} req/s = {ratio:.0%}",
+                        "met": ratio >= need})
+    raw1 = _row(rows, "raw", 1)
+    for system, extra in (("rest", 3.0), ("grpc", 2.0)):
+        row = _row(rows, system, 1)
+        if raw1 and row:
+            out.append({"goal": f"{system} p50 at c=1 <= raw + {extra:g} ms",
+                        "measured": f"{row['p50_ms']} vs {raw1['p50_ms']} + {extra:g} ms "
+                                    f"(+{row['p50_ms'] - raw1['p50_ms']:.2f} ms)",
+                        "met": row["p50_ms"] <= raw1["p50_ms"] + extra})
+    for system in ("rest", "grpc"):
+        for c in (16, 64):
+            ours, naive = _row(rows, system, c), _row(rows, "naive", c)
+            if ours and naive and naive["throughput_rps"]:
+                ratio = ours["throughput_rps"] / naive["throughput_rps"]
+                out.append({"goal": f"{system} >= 2x naive throughput at c={c}",
+                            "measured": f"{ours['throughput_rps']} / {naive['throughput_rps']}"
+                                        f" = {ratio:.2f}x", "met": ratio >= 2.0})
+    for system in ("rest", "grpc"):
+        for c in (16, 64):
+            ours, peer = _row(rows, system, c), _row(rows, "triton", c)
+            if ours and peer:
+                met = (ours["throughput_rps"] >= peer["throughput_rps"]
+                       and ours["p99_ms"] <= peer["p99_ms"])
+                out.append({"goal": f"{system} >= triton throughput at equal or lower p99, c={c}",
+                            "measured": f"{ours['throughput_rps']} vs {peer['throughput_rps']} "
+                                        f"req/s, p99 {ours['p99_ms']} vs {peer['p99_ms']} ms",
+                            "met": met})
+    return out
+
+
+def markdown(report: dict) -> str:
+    rows = report["results"]
+    raw_peak = _peak(rows, "raw")
+    lines = [
+        f"# Serving comparison ({report['created']})", "",
+        f"Command: `{report['command']}`. Model `{report['model']}`"
+        + (" (the tiny generated test model)" if report["model_is_tiny_test_model"] else "")
+        + f", {report['labels_per_request']} labels per request, {report['image']}, "
+        f"{report['machine']['cpus']} CPUs ({report['machine']['platform']}, Python "
+        f"{report['machine']['python']}), closed loop, {report['duration_s_per_point']} s per "
+        f"point, whole run {report['total_run_s']} s.", "",
+        "| system | c | req/s | vs raw | vs naive | p50 ms | p95 ms | p99 ms | errors | "
+        "mean batch | mean queue ms | server CPU cores | loadgen CPU s | server peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        naive = _row(rows, "naive", r["concurrency"])
+        vs_raw = f"{r['throughput_rps'] / raw_peak:.0%}" if raw_peak else "-"
+        vs_naive = (f"{r['throughput_rps'] / naive['throughput_rps']:.2f}x"
+                    if naive and naive["throughput_rps"] else "-")
+        lines.append(
+            f"| {r['system']} | {r['concurrency']} | {r['throughput_rps']} | {vs_raw} | "
+            f"{vs_naive} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
+            f"{r.get('mean_batch_size') or '-'} | {r.get('mean_queue_ms', '-')} | "
+            f"{r.get('server_cpu_cores', '-')} | {r.get('loadgen_cpu_s', '-')} | "
+            f"{r.get('server_peak_rss_mb', '-')} |")
+    lines += ["", "\"vs raw\" is against raw's best throughput (its saturation point).", "",
+              "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'MISSED'} |"
+              for g in report["goals"]]
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {k}: {v}" for k, v in report["skipped"].items()]
+    if report["notes"]:
+        lines += ["", "## Notes", "", report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _loadgen_main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--loadgen-triton", required=True, metavar="URL")
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--max-requests", type=int, required=True)
+    args = parser.parse_args()
+    result = asyncio.run(_loadgen_triton(args.loadgen_triton, args.concurrency, args.duration,
+                                         args.max_requests, sb._images()))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _loadgen_main()
