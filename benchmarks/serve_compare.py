@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -351,6 +352,10 @@ def run(args: argparse.Namespace) -> int:
                             lambda m=metrics_url: _metrics(m, TRITON_METRICS)))
                 finally:
                     _stop(proc)
+        extras = {}
+        if args.extras:
+            extras = {"label_scaling": label_scaling(model),
+                      "decoding": decoding(manifest["preprocessing"]["size"])}
     report = {
         "benchmark": "serve-compare",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -366,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
         "notes": args.note,
         "skipped": skipped,
         "results": rows,
+        **extras,
     }
     report["goals"] = goals(rows)
     out = Path(args.out)
@@ -374,6 +380,73 @@ def run(args: argparse.Namespace) -> int:
     out.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+# --- label scaling and image decoding (in-process, --extras) --------------------------------
+def label_scaling(model: Path, counts=(1, 100, 1000, 10000), repeats: int = 30) -> list[dict]:
+    """Per count: cold embedding time (engine.encode_labels on a fresh list), warm per-image
+    scoring time (score + rank against the cached matrix) and the whole warm per-image time
+    (visual graph + scoring; decode excluded)."""
+    from service.artifact import load_artifact
+    from service.engine.scoring import rank, score
+    from service.runtime import create_engine
+    from service.settings import Settings
+
+    artifact = load_artifact(model)
+    engine = create_engine(Settings(model=model), artifact)
+    engine.warmup()
+    size = artifact.preprocessing.size
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    out = []
+    for n in counts:
+        labels = sb._labels(n)  # the engine has no cache: every call is cold
+        t0 = time.perf_counter()
+        matrix = engine.encode_labels(labels)
+        cold = time.perf_counter() - t0
+        scoring, whole = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            groups = engine.encode_images(x)
+            t1 = time.perf_counter()
+            rank(score(groups, matrix)[0], labels, top_k=10)
+            t2 = time.perf_counter()
+            scoring.append(t2 - t1)
+            whole.append(t2 - t0)
+        out.append({"labels": n, "cold_embed_ms": round(cold * 1000, 1),
+                    "cold_embed_ms_per_1000": round(cold * 1e6 / n, 1),
+                    "warm_scoring_ms_per_image": round(float(np.median(scoring)) * 1000, 3),
+                    "warm_total_ms_per_image": round(float(np.median(whole)) * 1000, 2)})
+        print(f"labels {out[-1]}", flush=True)
+    engine.close()
+    return out
+
+
+def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
+    """decode_image + preprocess time for 0.3 / 3 / 12 MP JPEG and PNG (textured photos)."""
+    from PIL import Image
+
+    from service.imaging import Preprocessing, decode_image, preprocess
+
+    spec = Preprocessing(size=size)
+    rng = np.random.default_rng(0)
+    out = []
+    for mp, (w, h) in (("0.3", (640, 480)), ("3", (2000, 1500)), ("12", (4000, 3000))):
+        base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+        for fmt in ("JPEG", "PNG"):
+            buffer = io.BytesIO()
+            image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            data = buffer.getvalue()
+            took = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                preprocess(decode_image(data, target_size=size), spec)
+                took.append(time.perf_counter() - t0)
+            out.append({"megapixels": mp, "size": f"{w}x{h}", "format": fmt,
+                        "bytes": len(data), "decode_preprocess_ms":
+                        round(float(np.median(took)) * 1000, 2)})
+            print(f"decode {out[-1]}", flush=True)
+    return out
 
 
 def _row(rows: list[dict], system: str, c: int) -> dict | None:
@@ -452,6 +525,18 @@ def markdown(report: dict) -> str:
               "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
     lines += [f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'MISSED'} |"
               for g in report["goals"]]
+    if report.get("label_scaling"):
+        lines += ["", "## Label scaling (in-process, one image, median)", "",
+                  "| labels | cold embed ms | cold ms per 1,000 labels | warm scoring ms/image "
+                  "| warm visual + scoring ms/image |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['labels']} | {r['cold_embed_ms']} | {r['cold_embed_ms_per_1000']} | "
+                  f"{r['warm_scoring_ms_per_image']} | {r['warm_total_ms_per_image']} |"
+                  for r in report["label_scaling"]]
+    if report.get("decoding"):
+        lines += ["", "## Image decoding (decode_image + preprocess, median)", "",
+                  "| MP | size | format | bytes | ms |", "|---:|---|---|---:|---:|"]
+        lines += [f"| {r['megapixels']} | {r['size']} | {r['format']} | {r['bytes']} | "
+                  f"{r['decode_preprocess_ms']} |" for r in report["decoding"]]
     if report["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {k}: {v}" for k, v in report["skipped"].items()]

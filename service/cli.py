@@ -212,6 +212,8 @@ def _add_bench_serve_compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=int, default=20, help="candidate labels per request")
     parser.add_argument("--systems", nargs="+", default=["raw", "rest", "grpc", "naive", "triton"],
                         choices=["raw", "rest", "grpc", "naive", "triton"])
+    parser.add_argument("--extras", action="store_true",
+                        help="also label scaling (1-10,000 labels) and image decoding (0.3-12 MP)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" /
                                              "serve_compare.json"))
     parser.add_argument("--note", default="", help="context recorded with the results")
