@@ -239,9 +239,15 @@ class Trainer:
         return results
 
     def write_calibration_data(self, path: Path) -> None:
-        """Validation scores + targets (flattened, known entries only) for `ml2p export`."""
+        """Validation scores + targets (flattened, known entries only) for `ml2p export`.
+
+        Only the datasets the model trained on: a domain it cannot rank (e.g. emoji scenes for
+        a photo model) would pull every probability towards its own base rate.
+        """
         scores, targets = [], []
         for split in self.val_splits:
+            if split.name not in self.config.datasets:
+                continue
             vectors = self.tagger.transform_labels(
                 torch.from_numpy(self.embedder.embed(split.label_names))).detach()
             split_scores = predict(self.tagger, split, vectors)
