@@ -201,6 +201,7 @@ async def _loadgen_triton(target: str, concurrency: int, duration: float,
     for _ in range(concurrency):
         connections.put_nowait(await asyncio.open_connection(host, int(port)))
     latencies: list[float] = []
+    finished: list[float] = []
     errors = 0
 
     async def send(i: int) -> bool:
@@ -226,7 +227,8 @@ async def _loadgen_triton(target: str, concurrency: int, duration: float,
         while time.perf_counter() < stop_at and len(latencies) + errors < max_requests:
             start = time.perf_counter()
             if await send(i):
-                latencies.append(time.perf_counter() - start)
+                finished.append(time.perf_counter())
+                latencies.append(finished[-1] - start)
             else:
                 errors += 1
             i += 1
@@ -236,7 +238,7 @@ async def _loadgen_triton(target: str, concurrency: int, duration: float,
     elapsed = time.perf_counter() - begin
     while not connections.empty():
         connections.get_nowait()[1].close()
-    return sb._summary(latencies, errors, elapsed)
+    return sb._summary(latencies, errors, elapsed, finished, (begin, stop_at))
 
 
 def _run_triton_loadgen(target: str, concurrency: int, args: argparse.Namespace) -> dict:

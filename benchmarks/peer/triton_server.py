@@ -55,6 +55,10 @@ def main() -> None:
     visual_file = manifest.get("files", {}).get("visual", "visual.onnx")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # as the service's engine is configured by default: spinning intra-op threads would take
+    # CPU from decoding on 2 cores
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(Path(args.model) / visual_file), options,
                                    providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
