@@ -549,6 +549,15 @@ def markdown(report: dict) -> str:
                      f"{100 * d['gzsl'][1]:+.1f}]" for p, d in diffs.items()]
             lines.append(f"ML2P − other mAP on {dataset}, 95 % paired bootstrap interval: "
                          + "; ".join(parts) + ".")
+    outside = [d for d in DATASETS for v in acc["datasets"][d]["methods"].values()
+               for st in ("zsl", "gzsl") if "map_ci95" in v[st]
+               and not v[st]["map_ci95"][0] <= v[st]["map"] <= v[st]["map_ci95"][1]]
+    if outside:
+        lines.append(
+            f"Note: on {', '.join(sorted(set(outside)))} some mAP estimates lie outside their "
+            "bootstrap interval: a resample leaves out the labels with few positive test images "
+            "(labels without a positive are skipped in mAP), and those have low AP, so the "
+            "resampled mAP is biased upward; compare methods there by the paired differences.")
     info = [f"{d}: {acc['datasets'][d]['test_images']} test images, "
             f"{acc['datasets'][d]['labels']} labels ({acc['datasets'][d]['unseen_labels']} "
             "unseen)" for d in DATASETS]
