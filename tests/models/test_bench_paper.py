@@ -261,3 +261,13 @@ def test_cli_wiring() -> None:
     assert args.checkpoints == [] and parse_methods(args.method) == {
         "lesa": [Path("a.pt"), Path("b.pt")], "biam": [Path("c.pt")]}
     assert build_parser().parse_args(["eval", "x.pt"]).checkpoints == ["x.pt"]
+
+
+def test_shipped_model_recognised_by_config_hash(tmp_path: Path) -> None:
+    config = bench_paper.resolve_config("default", epochs=2)
+    path = tmp_path / "default.pt"
+    torch.save({"provenance": {"train_config": config.to_json()}}, path)
+    assert bench_paper.shipped_matches(bench_paper.config_hash(config), path)
+    other = bench_paper.resolve_config("default", epochs=3)
+    assert not bench_paper.shipped_matches(bench_paper.config_hash(other), path)
+    assert not bench_paper.shipped_matches("0" * 16, tmp_path / "missing.pt")
