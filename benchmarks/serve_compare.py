@@ -361,8 +361,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "benchmark": "serve-compare",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "ml2p bench serve-compare " + " ".join(sys.argv[3:] if len(sys.argv) > 3
-                                                          else []),
+        "command": _command(),
         "model": f"{manifest['name']}@{manifest['version']}",
         "model_is_tiny_test_model": manifest["name"] == "tiny-test",
         "labels_per_request": len(labels), "image": "640x480 JPEG (8 textured images)",
@@ -451,6 +450,13 @@ def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
     return out
 
 
+def _command() -> str:
+    """This run's command line, the --note text elided (it is printed as the notes)."""
+    args = sys.argv[3:] if sys.argv[1:3] == ["bench", "serve-compare"] else sys.argv[1:]
+    shown = [("'...'" if i and args[i - 1] == "--note" else a) for i, a in enumerate(args)]
+    return " ".join(["ml2p bench serve-compare", *shown])
+
+
 def _row(rows: list[dict], system: str, c: int) -> dict | None:
     return next((r for r in rows if r["system"] == system and r["concurrency"] == c), None)
 
@@ -475,7 +481,7 @@ def goals(rows: list[dict]) -> list[dict]:
         if raw1 and row:
             out.append({"goal": f"{system} p50 at c=1 <= raw + {extra:g} ms",
                         "measured": f"{row['p50_ms']} vs {raw1['p50_ms']} + {extra:g} ms "
-                                    f"(+{row['p50_ms'] - raw1['p50_ms']:.2f} ms)",
+                                    f"({row['p50_ms'] - raw1['p50_ms']:+.2f} ms)",
                         "met": row["p50_ms"] <= raw1["p50_ms"] + extra})
     for system in ("rest", "grpc"):
         for c in (16, 64):
@@ -544,6 +550,8 @@ def markdown(report: dict) -> str:
         lines += [f"- {k}: {v}" for k, v in report["skipped"].items()]
     if report["notes"]:
         lines += ["", "## Notes", "", report["notes"]]
+    if report.get("reading"):  # written after the run, by whoever read the numbers
+        lines += ["", "## Reading", "", report["reading"]]
     return "\n".join(lines) + "\n"
 
 
