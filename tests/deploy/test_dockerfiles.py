@@ -117,8 +117,10 @@ def _check_make_recipe(goal: str, seen: list[tuple[str, str]], subcommands: set[
     for line in dry.stdout.replace("\\\n", " ").splitlines():
         for cmd in shell_commands(line):
             _check_command(cmd, seen, subcommands, targets)
-            for token in cmd[1:]:
+            for previous, token in zip(cmd, cmd[1:], strict=False):
                 path = token.split("=", 1)[-1]
+                if previous == "--out" or token.startswith("--out="):
+                    continue  # written by the command, not read from the build context
                 if "/" in path and not path.startswith("/") and (REPO / path).exists():
                     assert not dockerignore_excludes(REPO / ".dockerignore", path), \
                         f"`make {goal}` reads {path}, which .dockerignore leaves out"
