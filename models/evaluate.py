@@ -129,20 +129,8 @@ def markdown_table(report: dict) -> str:
              f"{len(report['checkpoints'])} seed(s), [95 % bootstrap interval of mAP, "
              f"{report['bootstrap_samples']} resamples of test images].", ""]
     for name, entry in report["datasets"].items():
-        lines += [f"## {name}: {entry['test_images']} test images, {entry['labels']} labels "
-                  f"({entry['unseen_labels']} unseen)", "",
-                  "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
-                  "|---|---|---|---|---|---|---|"]
-        for method, values in entry["methods"].items():
-            cells = []
-            for setting in ("zsl", "gzsl"):
-                for metric in METRICS:
-                    cell = f"{100 * values[setting][metric]:.1f}"
-                    if metric == "map" and "map_ci95" in values[setting]:
-                        lo, hi = values[setting]["map_ci95"]
-                        cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
-                    cells.append(cell)
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += dataset_header(name, entry)
+        lines += [method_row(m, v) for m, v in entry["methods"].items()]
         if "ml2p_minus_conse_map_ci95" in entry:
             d = entry["ml2p_minus_conse_map_ci95"]
             lines += ["", f"ML2P − ConSE mAP, 95 % interval: ZSL [{100 * d['zsl'][0]:+.1f}, "
@@ -243,6 +231,14 @@ INCLUSION_RULE = ("test images with at least one positive of the ranked label se
                   "in mAP; F1@K micro-averaged over those images")
 
 
+def dataset_header(name: str, entry: dict) -> list[str]:
+    """A dataset's heading and the table header (ZSL then GZSL × mAP / F1@3 / F1@5)."""
+    return [f"## {name}: {entry['test_images']} test images, {entry['labels']} labels "
+            f"({entry['unseen_labels']} unseen)", "",
+            "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
+            "|---|---|---|---|---|---|---|"]
+
+
 def method_row(method: str, values: dict) -> str:
     """One Markdown row: ZSL then GZSL × mAP / F1@3 / F1@5 in %, mAP with its interval."""
     cells = []
@@ -264,10 +260,7 @@ def methods_markdown(report: dict) -> str:
              f"mean over its checkpoints (seeds: {seeds}), [95 % bootstrap interval of mAP, "
              f"{report['bootstrap_samples']} resamples of test images].", ""]
     for name, entry in report["datasets"].items():
-        lines += [f"## {name}: {entry['test_images']} test images, {entry['labels']} labels "
-                  f"({entry['unseen_labels']} unseen)", "",
-                  "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += dataset_header(name, entry)
         lines += [method_row(m, v) for m, v in entry["methods"].items()]
         for pair, d in entry.get("map_difference_ci95", {}).items():
             lines.append(f"\n{pair} mAP, 95 % interval: ZSL [{100 * d['zsl'][0]:+.1f}, "
