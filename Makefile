@@ -34,7 +34,7 @@ test: install proto  ## the whole test-suite
 lint:
 	$(PYTHON) -m ruff check .
 
-compose-check: proto  ## check docker-compose.yml, docker/, deploy/ against the code (+ real Prometheus if installed)
+compose-check: proto  ## check docker-compose.yml, docker/ against the code (+ real Prometheus if installed)
 	$(PYTHON) -m pytest tests/deploy -q
 
 .PHONY: bench-paper

@@ -104,14 +104,14 @@ def compose() -> dict:
 
 @pytest.fixture(scope="session")
 def alert_rules() -> dict:
-    return yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    return yaml.safe_load((REPO / "docker" / "alerts.yml").read_text())
 
 
 @pytest.fixture(scope="session")
 def prometheus_config() -> dict:
-    return yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    return yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
 
 
 @pytest.fixture(scope="session")
 def dashboard() -> dict:
-    return json.loads((REPO / "deploy" / "grafana" / "dashboards" / "ml2p.json").read_text())
+    return json.loads((REPO / "docker" / "grafana" / "dashboards" / "ml2p.json").read_text())

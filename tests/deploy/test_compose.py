@@ -132,12 +132,12 @@ def _mount_target(svc: dict, repo_path: str) -> str:
 
 def test_prometheus_scrapes_the_taggers(compose, prometheus_config, live):
     prom = compose["services"]["prometheus"]
-    config_target = _mount_target(prom, "deploy/prometheus/prometheus.yml")
+    config_target = _mount_target(prom, "docker/prometheus.yml")
     assert f"--config.file={config_target}" in prom["command"]
     config_dir = config_target.rsplit("/", 1)[0]
     for rule_file in prometheus_config["rule_files"]:
         target = rule_file if rule_file.startswith("/") else f"{config_dir}/{rule_file}"
-        assert target == _mount_target(prom, f"deploy/prometheus/{rule_file.rsplit('/', 1)[-1]}")
+        assert target == _mount_target(prom, f"docker/{rule_file.rsplit('/', 1)[-1]}")
     scraped = {}
     for job in prometheus_config["scrape_configs"]:
         assert job.get("metrics_path", "/metrics") in live.routes
@@ -152,14 +152,14 @@ def test_prometheus_scrapes_the_taggers(compose, prometheus_config, live):
 
 def test_grafana_provisioning(compose, dashboard):
     grafana = compose["services"]["grafana"]
-    base = REPO / "deploy" / "grafana" / "provisioning"
-    assert _mount_target(grafana, "deploy/grafana/provisioning") == "/etc/grafana/provisioning"
+    base = REPO / "docker" / "grafana" / "provisioning"
+    assert _mount_target(grafana, "docker/grafana/provisioning") == "/etc/grafana/provisioning"
     (source,) = yaml.safe_load((base / "datasources" / "prometheus.yml").read_text())[
         "datasources"]
     port = container_port(compose["services"]["prometheus"]["ports"][0])
     assert source["url"] == f"http://prometheus:{port}"
     (provider,) = yaml.safe_load((base / "dashboards" / "ml2p.yml").read_text())["providers"]
-    assert provider["options"]["path"] == _mount_target(grafana, "deploy/grafana/dashboards")
+    assert provider["options"]["path"] == _mount_target(grafana, "docker/grafana/dashboards")
     home = grafana["environment"].get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
     assert home == f"{provider['options']['path']}/ml2p.json"
     uids = {p["datasource"]["uid"] for p in dashboard["panels"]}

@@ -23,8 +23,8 @@ from service.testing import free_port, image_bytes
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
-CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+RULES = REPO / "docker" / "alerts.yml"
+CONFIG = REPO / "docker" / "prometheus.yml"
 BUDGET_S = 60.0
 
 pytestmark = pytest.mark.skipif(
