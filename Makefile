@@ -34,6 +34,14 @@ test: install proto  ## the whole test-suite
 lint:
 	$(PYTHON) -m ruff check .
 
+.PHONY: lock audit
+LOCK := requirements/serving.lock
+lock: install  ## pin the serving (base) dependencies as installed in the venv → $(LOCK)
+	$(PYTHON) .ci/lock.py -o $(LOCK)
+
+audit: install  ## pip-audit $(LOCK); fails on fixable vulnerabilities not in .ci/audit-allowlist.toml
+	$(PYTHON) .ci/audit.py $(LOCK) --allowlist .ci/audit-allowlist.toml
+
 compose-check: proto  ## check docker-compose.yml, docker/ against the code (+ real Prometheus if installed)
 	$(PYTHON) -m pytest tests/deploy -q
 
