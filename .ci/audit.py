@@ -274,8 +274,10 @@ def report(verdict: Verdict, findings: Findings) -> str:
         head = ("NOT AUDITED (allowed by " + OFFLINE_OK_ENV + "=1)" if verdict.offline_ok
                 else "INCOMPLETE: NOT AUDITED")
         out.append(f"{head}: {len(verdict.unaudited)} package(s) had no vulnerability data:")
-        out += [f"  {name}=={findings.pins[name]}: {why}"
-                for name, why in sorted(verdict.unaudited.items())]
+        by_reason: dict[str, list[str]] = {}
+        for name, why in sorted(verdict.unaudited.items()):
+            by_reason.setdefault(why, []).append(f"{name}=={findings.pins[name]}")
+        out += [f"  {', '.join(pins)}: {why}" for why, pins in by_reason.items()]
         if not verdict.offline_ok:
             out.append(f"  the audit cannot pass without data for them; set {OFFLINE_OK_ENV}=1 "
                        "to accept an incomplete audit (e.g. offline)")
