@@ -1,26 +1,35 @@
 """`ml2p bench serve-compare`: the service beside what a user would run instead, one run.
 
-Same images, labels and model for every system; closed loop (C clients, each sending its next
-request when the previous answer arrives) at each concurrency, bounded by `--duration` and
-`--max-requests`, the load coming from a separate process on loopback:
+Same images, labels and model for every system, the load coming from a separate process on
+loopback (benchmarks/loadgen.py, which also holds the loops), each point bounded by
+`--duration` and `--max-requests`:
+- closed loop at each `--concurrency` (C clients, each sending its next request when the
+  previous answer arrives): throughput at saturation and latency at a given concurrency;
+- then open loop at each offered rate (`--open-loop-rates`, or `--open-loop-fractions` of the
+  raw pipeline's closed-loop peak in this run; the same req/s for every system): Poisson
+  (`--arrivals`, `--seed`: the same schedule for every system) or constant arrivals, each
+  request sent at its scheduled time whatever the earlier ones are doing, at most
+  `--max-in-flight` outstanding, latency from the scheduled send time (no coordinated
+  omission), errors and 429s / RESOURCE_EXHAUSTED (shed) apart.
+The systems:
 - `raw`: decode + preprocess + engine + scoring in-process (benchmarks/serve_bench.py), the
   ceiling: no server, no load-generator process, so it has both cores to itself;
-- `rest` / `grpc`: `ml2p serve` driven by serve_bench's load generator;
+- `rest` / `grpc`: `ml2p serve` driven by the load generator;
 - `naive`: benchmarks/naive_server.py (FastAPI, the same engine per request, no batching),
   same REST load generator;
 - `triton`: NVIDIA Triton through nvidia-pytriton in its own venv (benchmarks/peer/setup.sh)
   with its dynamic batcher, on the same visual.onnx and the same decode/preprocess code,
-  driven over Triton's HTTP/REST (KServe v2, binary tensor extension) by a raw-socket
-  load generator (`--loadgen-triton`, this file).
+  driven over Triton's HTTP/REST (KServe v2, binary tensor extension) by the same load
+  generator (`--protocol triton`).
 Per point it records throughput, p50/p95/p99, errors, the mean batch size (server metrics),
 the server's CPU (whole process tree, cores used) and peak RSS (sum of VmHWM over the tree),
-and the load generator's CPU. Writes `--out` (JSON) and the same name with `.md`.
+and the load generator's CPU. Writes `--out` (JSON) and the same name with `.md`: the closed
+loop table, the goals (closed loop), and the open loop table.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import io
 import json
@@ -49,6 +58,7 @@ def _serve_bench():
 
 
 sb = _serve_bench()
+lg = sb.lg  # benchmarks/loadgen.py: the closed / open loops, the load-generator process
 
 
 # --- process accounting --------------------------------------------------------------------
@@ -178,92 +188,30 @@ def _start_triton(model: Path, labels: list[str], workdir: Path
     return proc, url, f"http://127.0.0.1:{metrics}"
 
 
-# --- Triton load generator (own process) ---------------------------------------------------
-def _triton_request(host: str, image: bytes) -> bytes:
-    tensor = len(image).to_bytes(4, "little") + image
-    header = json.dumps({
-        "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(tensor)}}],
-        "outputs": [{"name": "scores", "parameters": {"binary_data": True}}],
-    }).encode()
-    body = header + tensor
-    return (f"POST /v2/models/tagger/infer HTTP/1.1\r\nHost: {host}\r\n"
-            f"Content-Type: application/octet-stream\r\n"
-            f"Inference-Header-Content-Length: {len(header)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def _loadgen_triton(target: str, concurrency: int, duration: float,
-                          max_requests: int, images: list[bytes]) -> dict:
-    host, port = target.removeprefix("http://").split(":")
-    requests = [_triton_request(host, image) for image in images]
-    connections: asyncio.Queue = asyncio.Queue()
-    for _ in range(concurrency):
-        connections.put_nowait(await asyncio.open_connection(host, int(port)))
-    latencies: list[float] = []
-    finished: list[float] = []
-    errors = 0
-
-    async def send(i: int) -> bool:
-        reader, writer = await connections.get()
-        try:
-            writer.write(requests[i % len(requests)])
-            head = await reader.readuntil(b"\r\n\r\n")
-            # not a substring search: Triton also sends Inference-Header-Content-Length
-            length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                          if line.startswith(b"content-length:"))
-            await reader.readexactly(length)
-            return head.startswith(b"HTTP/1.1 200")
-        finally:
-            connections.put_nowait((reader, writer))
-
-    for i in range(4):
-        await send(i)
-    stop_at = time.perf_counter() + duration
-
-    async def worker(offset: int) -> None:
-        nonlocal errors
-        i = offset
-        while time.perf_counter() < stop_at and len(latencies) + errors < max_requests:
-            start = time.perf_counter()
-            if await send(i):
-                finished.append(time.perf_counter())
-                latencies.append(finished[-1] - start)
-            else:
-                errors += 1
-            i += 1
-
-    begin = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - begin
-    while not connections.empty():
-        connections.get_nowait()[1].close()
-    return sb._summary(latencies, errors, elapsed, finished, (begin, stop_at))
-
-
-def _run_triton_loadgen(target: str, concurrency: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--loadgen-triton", target,
-               "--concurrency", str(concurrency), "--duration", str(args.duration),
-               "--max-requests", str(args.max_requests)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          timeout=args.duration * 4 + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"triton load generator failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 # --- driver --------------------------------------------------------------------------------
-def _point(system: str, c: int, pid: int, load, metrics_before, metrics_after) -> dict:
+def _point(system: str, fields: dict, pid: int, load, metrics_before, metrics_after) -> dict:
     cpu0, gen0, t0 = _cpu_seconds(pid), _children_cpu(), time.perf_counter()
     before = metrics_before()
     result = load()
     after = metrics_after()
     wall = time.perf_counter() - t0
-    row = {"system": system, "concurrency": c, **result,
+    row = {"system": system, **fields, **result,
            "server_cpu_cores": round((_cpu_seconds(pid) - cpu0) / wall, 2),
            "loadgen_cpu_s": round(_children_cpu() - gen0, 2),
            "server_peak_rss_mb": _peak_rss_mb(pid)}
     row.update(_batch_fields(system, before, after))
+    sb._print_row(row)
+    return row
+
+
+def _raw_point(model: Path, load, labels: list[str], images: list[bytes], fields: dict) -> dict:
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    result = sb.bench_raw(model, load, labels, images)
+    row = {"system": "raw", **fields, **result,
+           "server_cpu_cores": round((time.process_time() - cpu0)
+                                     / (time.perf_counter() - t0), 2),
+           "server_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                       / 1024, 1)}
     sb._print_row(row)
     return row
 
@@ -294,65 +242,94 @@ TRITON_METRICS = ["nv_inference_request_success", "nv_inference_exec_count",
                   "nv_inference_queue_duration_us"]
 
 
+def _start(system: str, model: Path, labels: list[str], workdir: Path):
+    """Start a served system: (process, load-generator protocol, its target, metrics())."""
+    if system in ("rest", "grpc"):
+        proc, url, grpc_target = sb._start_server(model, workdir)
+        return (proc, system, url if system == "rest" else grpc_target,
+                lambda: _metrics(url, SERVICE_METRICS))
+    if system == "naive":
+        proc, url = _start_naive(model, workdir)
+        return proc, "rest", url, dict  # no metrics: batch of one
+    proc, url, metrics_url = _start_triton(model, labels, workdir)
+    return proc, "triton", url, lambda: _metrics(metrics_url, TRITON_METRICS)
+
+
+def _measure_served(system: str, proc: subprocess.Popen, protocol: str, target: str, metrics,
+                    n_labels: int):
+    def measure(load, fields: dict) -> dict:
+        return _point(system, fields, proc.pid,
+                      lambda: lg.run_loadgen(protocol, target, load, n_labels), metrics, metrics)
+    return measure
+
+
+def _numbers(values) -> list[float]:
+    """--open-loop-rates / --open-loop-fractions as parsed: numbers, or lists of them (each
+    argument may be comma separated)."""
+    out: list = []
+    for value in values or []:
+        out.extend(value if isinstance(value, list | tuple) else [value])
+    return [float(x) for x in out]
+
+
+def open_loop_rates(args: argparse.Namespace, rows: list[dict]) -> list[tuple[float, float | None]]:
+    """(offered req/s, fraction of raw's closed-loop peak or None) for each open-loop point, the
+    same for every system: --open-loop-rates as given, else --open-loop-fractions x the raw
+    pipeline's closed-loop peak in `rows` (this run's)."""
+    rates = _numbers(getattr(args, "open_loop_rates", None))
+    if rates:
+        return [(rate, None) for rate in rates]
+    fractions = _numbers(getattr(args, "open_loop_fractions", None))
+    if not fractions:
+        return []
+    peak = _peak(rows, "raw")
+    if not peak:
+        raise SystemExit("--open-loop-fractions are fractions of raw's closed-loop peak: put raw "
+                         "in --systems, or give --open-loop-rates")
+    return [(round(fraction * peak, 2), fraction) for fraction in fractions]
+
+
 def run(args: argparse.Namespace) -> int:
-    images = sb._images()
-    labels = sb._labels(args.labels)
+    images = lg.images()
+    labels = lg.labels(args.labels)
     rows: list[dict] = []
+    open_rows: list[dict] = []
     skipped: dict[str, str] = {}
+    # raw first: the open-loop rates may be fractions of its closed-loop peak
+    systems = [s for s in SYSTEMS if s in args.systems]
+    if not _numbers(getattr(args, "open_loop_rates", None)) and "raw" not in systems:
+        open_loop_rates(args, [])  # fails now, not after the closed loops, when raw is needed
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ml2p-compare-") as tmp:
         workdir = Path(tmp)
         model = sb._resolve_model(args.model, workdir)
         manifest = json.loads((model / "manifest.json").read_text())
-        none = dict  # no metrics for raw / naive
-        for system in args.systems:
+        for system in systems:
+            proc = None
             if system == "raw":
-                for c in args.concurrency:
-                    cpu0, t0 = time.process_time(), time.perf_counter()
-                    result = sb.bench_raw(model, c, args.duration, args.max_requests, labels,
-                                          images)
-                    rows.append({"system": "raw", "concurrency": c, **result,
-                                 "server_cpu_cores": round((time.process_time() - cpu0)
-                                                           / (time.perf_counter() - t0), 2),
-                                 "server_peak_rss_mb": round(resource.getrusage(
-                                     resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
-                    sb._print_row(rows[-1])
-            elif system in ("rest", "grpc"):
-                proc, url, grpc_target = sb._start_server(model, workdir)
-                target = url if system == "rest" else grpc_target
+                def measure(load, fields):
+                    return _raw_point(model, load, labels, images, fields)
+            else:
                 try:
-                    for c in args.concurrency:
-                        rows.append(_point(
-                            system, c, proc.pid,
-                            lambda c=c, t=target, s=system: sb._run_loadgen(s, t, c, args),
-                            lambda u=url: _metrics(u, SERVICE_METRICS),
-                            lambda u=url: _metrics(u, SERVICE_METRICS)))
-                finally:
-                    _stop(proc)
-            elif system == "naive":
-                proc, url = _start_naive(model, workdir)
-                try:
-                    for c in args.concurrency:
-                        rows.append(_point("naive", c, proc.pid,
-                                           lambda c=c, u=url: sb._run_loadgen("rest", u, c, args),
-                                           none, none))
-                finally:
-                    _stop(proc)
-            elif system == "triton":
-                try:
-                    proc, url, metrics_url = _start_triton(model, labels, workdir)
+                    proc, protocol, target, metrics = _start(system, model, labels, workdir)
                 except Exception as exc:  # noqa: BLE001 - record why the peer did not run
+                    if system != "triton":
+                        raise
                     skipped["triton"] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                     print(f"triton skipped: {skipped['triton']}", flush=True)
                     continue
-                try:
-                    for c in args.concurrency:
-                        rows.append(_point(
-                            "triton", c, proc.pid,
-                            lambda c=c, u=url: _run_triton_loadgen(u, c, args),
-                            lambda m=metrics_url: _metrics(m, TRITON_METRICS),
-                            lambda m=metrics_url: _metrics(m, TRITON_METRICS)))
-                finally:
+                measure = _measure_served(system, proc, protocol, target, metrics, args.labels)
+            try:
+                for c in args.concurrency:
+                    rows.append(measure(lg.Load(args.duration, args.max_requests,
+                                                concurrency=c), {"concurrency": c}))
+                for rate, fraction in open_loop_rates(args, rows):
+                    load = lg.Load(args.duration, args.max_requests, rate=rate,
+                                   arrivals=args.arrivals, seed=args.seed,
+                                   max_in_flight=args.max_in_flight)
+                    open_rows.append(measure(load, {"fraction_of_raw_peak": fraction}))
+            finally:
+                if proc is not None:
                     _stop(proc)
         extras = {}
         if args.extras:
@@ -374,13 +351,17 @@ def run(args: argparse.Namespace) -> int:
         "results": rows,
         **extras,
     }
+    if open_rows:
+        rates = open_loop_rates(args, rows)
+        report["open_loop"] = {
+            "arrivals": args.arrivals, "seed": args.seed, "max_in_flight": args.max_in_flight,
+            "drain_timeout_s": lg.Load.drain_timeout,
+            "rates_rps": [rate for rate, _ in rates],
+            "fractions_of_raw_peak": [f for _, f in rates] if rates[0][1] is not None else None,
+            "raw_closed_loop_peak_rps": _peak(rows, "raw") or None,
+            "results": open_rows}
     report["goals"] = goals(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return sb._write_report(Path(args.out), report, markdown)
 
 
 # --- label scaling and image decoding (in-process, --extras) --------------------------------
@@ -400,7 +381,7 @@ def label_scaling(model: Path, counts=(1, 100, 1000, 10000), repeats: int = 30) 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     out = []
     for n in counts:
-        labels = sb._labels(n)  # the engine has no cache: every call is cold
+        labels = lg.labels(n)  # the engine has no cache: every call is cold
         t0 = time.perf_counter()
         matrix = engine.encode_labels(labels)
         cold = time.perf_counter() - t0
@@ -504,6 +485,56 @@ def goals(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _errors(row: dict) -> str:
+    """Errors, and the requests the server shed (HTTP 429 / RESOURCE_EXHAUSTED) beside them."""
+    return f"{row['errors']}" + (f" (+{row['rejected']} shed)" if row.get("rejected") else "")
+
+
+def _open_loop_markdown(report: dict) -> list[str]:
+    spec = report.get("open_loop")
+    if not spec or not spec.get("results"):
+        return []
+    rows = report["results"]
+    if spec.get("fractions_of_raw_peak"):
+        rates = (f"offered rates {' / '.join(f'{f:g}' for f in spec['fractions_of_raw_peak'])} x "
+                 f"the raw pipeline's closed-loop peak in this run "
+                 f"({spec['raw_closed_loop_peak_rps']} req/s), so "
+                 f"{' / '.join(f'{r:g}' for r in spec['rates_rps'])} req/s for every system")
+    else:
+        rates = f"offered rates {' / '.join(f'{r:g}' for r in spec['rates_rps'])} req/s"
+    lines = [
+        "", "## Open loop", "",
+        f"{spec['arrivals'].capitalize()} arrivals (seed {spec['seed']}: the same schedule for "
+        f"every system) at {rates}; each request is sent at its scheduled time whatever the "
+        f"earlier ones are doing, from the same separate load-generator process (raw: in "
+        f"process, on threads), at most {spec['max_in_flight']} in flight (an arrival over the "
+        f"cap is dropped, not sent), {report['duration_s_per_point']} s and at most "
+        f"{report['max_requests_per_point']} arrivals per point, then up to "
+        f"{spec['drain_timeout_s']:g} s for the answers still due. Latency runs from each "
+        "request's *scheduled* send time (no coordinated omission), over successful answers; "
+        "achieved req/s = answers / time from the point's start to its last answer; shed = "
+        "HTTP 429 / gRPC RESOURCE_EXHAUSTED; send lag p99 = how late the generator's sends went "
+        "out; scheduled req/s = arrivals the schedule held / the point's length (a Poisson "
+        "sample of the offered rate, the same for every system); \"x own peak\" = offered "
+        "rate / that system's closed-loop peak above.", "",
+        "| system | offered req/s | scheduled req/s | x own peak | achieved req/s | p50 ms | "
+        "p95 ms | p99 ms | "
+        "answers | errors | shed | dropped | send lag p99 ms | mean batch | mean queue ms | "
+        "server CPU cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in spec["results"]:
+        own = _peak(rows, r["system"])
+        x_own = f"{r['offered_rps'] / own:.2f}" if own else "-"
+        lines.append(
+            f"| {r['system']} | {r['offered_rps']:g} | {r['scheduled_rps']} | {x_own} | "
+            f"{r['throughput_rps']} | "
+            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['requests']} | {r['errors']} | "
+            f"{r['rejected']} | {r['dropped']} | {r['send_lag_p99_ms']} | "
+            f"{r.get('mean_batch_size') or '-'} | {r.get('mean_queue_ms', '-')} | "
+            f"{r.get('server_cpu_cores', '-')} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     rows = report["results"]
     raw_peak = _peak(rows, "raw")
@@ -513,7 +544,9 @@ def markdown(report: dict) -> str:
         + (" (the tiny generated test model)" if report["model_is_tiny_test_model"] else "")
         + f", {report['labels_per_request']} labels per request, {report['image']}, "
         f"{report['machine']['cpus']} CPUs ({report['machine']['platform']}, Python "
-        f"{report['machine']['python']}), closed loop, {report['duration_s_per_point']} s per "
+        f"{report['machine']['python']}), closed loop"
+        + (" then open loop" if report.get("open_loop") else "")
+        + f", {report['duration_s_per_point']} s per "
         f"point, whole run {report['total_run_s']} s.", "",
         "| system | c | req/s | vs raw | vs naive | p50 ms | p95 ms | p99 ms | errors | "
         "mean batch | mean queue ms | server CPU cores | loadgen CPU s | server peak RSS MB |",
@@ -525,7 +558,7 @@ def markdown(report: dict) -> str:
                     if naive and naive["throughput_rps"] else "-")
         lines.append(
             f"| {r['system']} | {r['concurrency']} | {r['throughput_rps']} | {vs_raw} | "
-            f"{vs_naive} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
+            f"{vs_naive} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {_errors(r)} | "
             f"{r.get('mean_batch_size') or '-'} | {r.get('mean_queue_ms', '-')} | "
             f"{r.get('server_cpu_cores', '-')} | {r.get('loadgen_cpu_s', '-')} | "
             f"{r.get('server_peak_rss_mb', '-')} |")
@@ -533,6 +566,7 @@ def markdown(report: dict) -> str:
               "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
     lines += [f"| {g['goal']} | {g['measured']} | {'met' if g['met'] else 'MISSED'} |"
               for g in report["goals"]]
+    lines += _open_loop_markdown(report)
     if report.get("label_scaling"):
         lines += ["", "## Label scaling (in-process, one image, median)", "",
                   "| labels | cold embed ms | cold ms per 1,000 labels | warm scoring ms/image "
@@ -553,19 +587,3 @@ def markdown(report: dict) -> str:
     if report.get("reading"):  # written after the run, by whoever read the numbers
         lines += ["", "## Reading", "", report["reading"]]
     return "\n".join(lines) + "\n"
-
-
-def _loadgen_main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--loadgen-triton", required=True, metavar="URL")
-    parser.add_argument("--concurrency", type=int, required=True)
-    parser.add_argument("--duration", type=float, required=True)
-    parser.add_argument("--max-requests", type=int, required=True)
-    args = parser.parse_args()
-    result = asyncio.run(_loadgen_triton(args.loadgen_triton, args.concurrency, args.duration,
-                                         args.max_requests, sb._images()))
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    _loadgen_main()

@@ -203,6 +203,11 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", default="", help="context recorded with the results")
 
 
+def _numbers(text: str) -> list[float]:
+    """'20,40,60' -> [20.0, 40.0, 60.0]"""
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
 def _add_bench_serve_compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="artifact dir (default: ML2P_MODEL, else a tiny "
                                         "generated test model)")
@@ -212,6 +217,19 @@ def _add_bench_serve_compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=int, default=20, help="candidate labels per request")
     parser.add_argument("--systems", nargs="+", default=["raw", "rest", "grpc", "naive", "triton"],
                         choices=["raw", "rest", "grpc", "naive", "triton"])
+    parser.add_argument("--open-loop-rates", nargs="+", type=_numbers, metavar="RPS",
+                        help="open-loop offered rates in req/s, the same for every system "
+                             "(comma or space separated); instead of --open-loop-fractions")
+    parser.add_argument("--open-loop-fractions", nargs="*", type=_numbers, metavar="F",
+                        default=[[0.5, 0.9, 1.2]],
+                        help="open-loop offered rates as fractions of the raw pipeline's "
+                             "closed-loop peak in this run, the same req/s for every system "
+                             "(default 0.5,0.9,1.2; given with no value: no open loop)")
+    parser.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson",
+                        help="open-loop inter-arrival times")
+    parser.add_argument("--seed", type=int, default=0, help="open-loop arrival schedule seed")
+    parser.add_argument("--max-in-flight", type=int, default=256,
+                        help="open-loop cap on outstanding requests (over it: dropped)")
     parser.add_argument("--extras", action="store_true",
                         help="also label scaling (1-10,000 labels) and image decoding (0.3-12 MP)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" /

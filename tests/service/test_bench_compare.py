@@ -6,8 +6,10 @@ import importlib.util
 import io
 import json
 import sys
+from argparse import Namespace
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -45,7 +47,55 @@ def test_goals_and_triton_request() -> None:
     assert goals["rest throughput at saturation >= 85% of raw"] is True
     assert goals["rest p50 at c=1 <= raw + 3 ms"] is True
     assert goals["rest >= 2x naive throughput at c=16"] is True
-    request = compare._triton_request("h", b"\xff\xd8abc")
+    request = compare.lg.triton_request("h", b"\xff\xd8abc")
     head, body = request.split(b"\r\n\r\n", 1)
     assert int(head.split(b"Content-Length: ")[-1]) == len(body)
     assert body.endswith((5).to_bytes(4, "little") + b"\xff\xd8abc")
+
+
+def test_open_loop_rates_are_the_same_for_every_system() -> None:
+    from service.cli import build_parser
+
+    compare = _load("serve_compare")
+    rows = [{"system": s, "concurrency": c, "throughput_rps": rps}
+            for s, c, rps in [("raw", 1, 50.0), ("raw", 4, 80.0), ("rest", 4, 60.0)]]
+    args = build_parser().parse_args(["bench", "serve-compare"])
+    assert compare.open_loop_rates(args, rows) == [(40.0, 0.5), (72.0, 0.9), (96.0, 1.2)]
+    args = build_parser().parse_args(["bench", "serve-compare", "--open-loop-fractions", "0.25"])
+    assert compare.open_loop_rates(args, rows) == [(20.0, 0.25)]
+    args = build_parser().parse_args(["bench", "serve-compare", "--open-loop-rates", "20,40",
+                                      "60"])
+    assert compare.open_loop_rates(args, []) == [(20.0, None), (40.0, None), (60.0, None)]
+    args = build_parser().parse_args(["bench", "serve-compare", "--open-loop-fractions"])
+    assert compare.open_loop_rates(args, rows) == []
+    with pytest.raises(SystemExit):  # fractions of raw's peak, without raw
+        compare.open_loop_rates(Namespace(open_loop_fractions=[[0.5]]), rows[2:])
+
+
+def test_markdown_has_the_open_loop_table_beside_the_closed_one() -> None:
+    compare = _load("serve_compare")
+    closed = {"errors": 0, "p50_ms": 20.0, "p95_ms": 25.0, "p99_ms": 30.0}
+    rows = [{"system": "raw", "concurrency": 4, "throughput_rps": 80.0, **closed},
+            {"system": "rest", "concurrency": 4, "throughput_rps": 60.0, **closed,
+             "rejected": 2}]
+    opened = {"requests": 100, "errors": 1, "rejected": 3, "dropped": 0, "p50_ms": 30.0,
+              "p95_ms": 60.0, "p99_ms": 90.0, "send_lag_p99_ms": 0.8}
+    report = {
+        "created": "now", "command": "ml2p bench serve-compare", "model": "m@1",
+        "model_is_tiny_test_model": False, "labels_per_request": 20, "image": "img",
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11"},
+        "duration_s_per_point": 3.0, "max_requests_per_point": 2000, "total_run_s": 9.0,
+        "skipped": {}, "notes": "", "results": rows, "goals": compare.goals(rows),
+        "open_loop": {"arrivals": "poisson", "seed": 0, "max_in_flight": 256,
+                      "drain_timeout_s": 60.0, "rates_rps": [40.0],
+                      "fractions_of_raw_peak": [0.5], "raw_closed_loop_peak_rps": 80.0,
+                      "results": [{"system": "rest", "fraction_of_raw_peak": 0.5,
+                                   "offered_rps": 40.0, "scheduled_rps": 41.0,
+                                   "throughput_rps": 39.5, **opened}]}}
+    text = compare.markdown(report)
+    assert text.index("| system | c |") < text.index("## Goals") < text.index("## Open loop")
+    assert "0.5 x the raw pipeline's closed-loop peak in this run (80.0 req/s)" in text
+    assert "| rest | 40 | 41.0 | 0.67 | 39.5 | 30.0 | 60.0 | 90.0 | 100 | 1 | 3 | 0 | 0.8 |" in text
+    assert "| 0 (+2 shed) |" in text
+    del report["open_loop"]
+    assert "## Open loop" not in compare.markdown(report)
