@@ -177,7 +177,14 @@ def test_recipes_are_override_sets() -> None:
     runs = bench_paper.plan_runs("small")
     assert {r["key"] for r in runs} >= {"conse", "conse-all", "fast0tag", "lesa", "biam", "ml2p",
                                         "ml2p-g1"}
-    assert all(r["config"].epochs in (0, bench_paper.SMALL_EPOCHS) for r in runs)
+    assert all(r["config"].epochs in (0, bench_paper.SMALL_EPOCHS) for r in runs
+               if r["group"] == "main")
+    ablations = [r for r in runs if r["group"] == "ablation"]
+    assert {r["config"].epochs for r in ablations} == {bench_paper.ABLATION_EPOCHS}
+    reference = next(r for r in ablations if r["key"] == "ml2p-ref")
+    assert next(r for r in ablations if r["key"] == "ml2p-g7")["hash"] == reference["hash"]
+    noevidence = next(r for r in ablations if r["key"] == "ml2p-noevidence")["config"]
+    assert noevidence.model["head_kwargs"]["imagenet_evidence_dim"] == 0
     full = bench_paper.plan_runs("full", ablations=False)
     assert sorted({r["seed"] for r in full}) == [0, 1, 2]
 
