@@ -41,6 +41,7 @@ from service.engine.vocabularies import NAME_PATTERN
 from service.errors import (
     InvalidImage,
     InvalidRequest,
+    LabelError,
     ServiceError,
     UnsupportedMediaType,
 )
@@ -119,6 +120,26 @@ def _form_labels(values: list) -> list[str] | None:
     return values
 
 
+async def _read_form(request: Request, settings: Settings):  # noqa: ANN202 - FormData
+    """The multipart form, its parser's caps reported as the limits they stand for (422)."""
+    try:
+        return await request.form(max_files=settings.max_images + 1,
+                                  max_fields=settings.max_labels + 64)
+    except StarletteHTTPException as exc:  # the parser's caps arrive as a bare 400
+        detail = str(exc.detail)
+        if detail.startswith("Too many files"):
+            raise InvalidRequest(f"too many image parts: at most {settings.max_images} images "
+                                 "per request", field="images") from None
+        if detail.startswith("Too many fields"):
+            raise LabelError(f"too many form fields: at most {settings.max_labels} labels per "
+                             "request", field="labels") from None
+        if detail.startswith("Field exceeded maximum size"):
+            raise LabelError(f"a form field is over 1 MiB ({detail}); labels are at most "
+                             f"{settings.max_labels} × {settings.max_label_chars} characters",
+                             field="labels") from None
+        raise
+
+
 async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[list[bytes],
                                                                             TagParams]:
     """JSON (base64 images) or multipart (image files) -> (image bytes, params)."""
@@ -137,8 +158,7 @@ async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[lis
         raise UnsupportedMediaType(
             f"content type {media or 'missing'!r}: send multipart/form-data (image file + "
             "labels) or application/json (base64 image)")
-    form = await request.form(max_files=settings.max_images + 1,
-                              max_fields=settings.max_labels + 64)
+    form = await _read_form(request, settings)
     files = form.getlist("images") + form.getlist("image")
     if not all(isinstance(f, UploadFile) for f in files):
         raise InvalidImage("image parts must be file uploads (curl -F image=@photo.jpg)",

@@ -126,6 +126,17 @@ def test_batch_too_many_images(http, png):
     assert r.status_code == 422 and error_of(r)["field"] == "images"
 
 
+def test_form_parser_caps_are_limits_not_bare_400(http, png):
+    """Far past the caps the multipart parser itself stops; still a 422 naming the field."""
+    files = [("images", (f"{i}.png", png)) for i in range(9)]  # max_images=4, parser cap 5
+    r = http.post("/v1/tag/batch", files=files, data={"labels": ["dog"]})
+    assert r.status_code == 422 and error_of(r)["field"] == "images", r.text
+    r = http.post("/v1/tag", files={"image": ("a.png", png)},
+                  data={"labels": [f"l{i}" for i in range(200)]})  # max_labels=50, cap 114
+    assert r.status_code == 422 and error_of(r)["field"] == "labels", r.text
+    assert "at most 50 labels" in error_of(r)["message"]
+
+
 # --- images ------------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [
     lambda: image_bytes(fmt="JPEG", mode="CMYK"),
