@@ -47,6 +47,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -661,9 +662,20 @@ def verdict(acc: dict, names: dict) -> list[str]:
         margin = methods["ml2p"]["zsl"]["map"] - others[best]
         word = "tops" if margin > 0 else "does not top"
         ours = _pct(methods["ml2p"]["zsl"]["map"])
-        out.append(f"- {dataset}: ML2P {word} the ZSL mAP column: {ours}"
-                   f" vs the best baseline {names.get(best, best)} {_pct(others[best])} "
-                   f"({100 * margin:+.1f} points).")
+        line = (f"- {dataset}: ML2P {word} the ZSL mAP column: {ours}"
+                f" vs the best baseline {names.get(best, best)} {_pct(others[best])} "
+                f"({100 * margin:+.1f} points")
+        paired = acc["datasets"][dataset].get("map_difference_ci95", {}).get(f"ml2p - {best}")
+        if paired:
+            lo, hi = paired["zsl"]
+            line += (f"; paired 95 % interval [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                     + (", which includes 0: not a significant difference" if lo <= 0 <= hi
+                        else ""))
+        random = methods.get("random", {}).get("zsl", {}).get("map")
+        if random is not None and methods["ml2p"]["zsl"]["map"] < 2 * random:
+            line += (f"; every method is within 2× of a random ranking ({_pct(random)}) "
+                     "here")
+        out.append(line + ").")
     return out
 
 
@@ -685,7 +697,7 @@ def figure(report: dict, path: Path) -> Path:
         vals = [100 * acc["datasets"][dataset]["methods"][k]["zsl"]["map"] for k in keys]
         bars = axes[0].bar(x + (i - 0.5) * width, vals, width, label=dataset)
         axes[0].bar_label(bars, fmt="%.1f", fontsize=7)
-    axes[0].set_xticks(x, [names[k] for k in keys], fontsize=8)
+    axes[0].set_xticks(x, [textwrap.fill(names[k], 12) for k in keys], fontsize=8)
     axes[0].set_ylabel("ZSL mAP (%)")
     axes[0].set_title("Zero-shot mAP (Lite0 features)")
     axes[0].legend(fontsize=8)
@@ -700,7 +712,8 @@ def figure(report: dict, path: Path) -> Path:
         for group, tag in (("project", "Lite0"), ("paper", "VGG")):
             for key, entry in cost.get(group, {}).items():
                 total, head = metric(backbones[entry["backbone"]], entry)
-                labels.append(f"{(names if group == 'project' else paper_names).get(key, key)}"
+                name = (names if group == "project" else paper_names).get(key, key)
+                labels.append(f"{textwrap.fill(name, 12)}"
                               f"\n{tag}")
                 xs.append(offset)
                 totals.append(total)
