@@ -63,7 +63,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.dataset == "emojitags":
         from models.data.emojitags import build_emojitags
 
-        build_emojitags(seed=args.seed)
+        build_emojitags(args.out, seed=args.seed, n_train=args.train_scenes)
     else:
         from models.data import load_dataset
 
@@ -141,6 +141,11 @@ def add_commands(subparsers: argparse._SubParsersAction,
     data = subparsers.add_parser("data", help="build or check a dataset")
     data.add_argument("dataset", choices=["emojitags", "voc2007"])
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--train-scenes", type=int, default=4000,
+                      help="EmojiTags training scenes (val 600 and test 1000 stay as they are)")
+    data.add_argument("--out", default=None,
+                      help="EmojiTags directory (default $ML2P_CACHE_DIR/emojitags; read it "
+                           "back with ML2P_EMOJITAGS_ROOT)")
     data.set_defaults(func=cmd_data)
 
     train = subparsers.add_parser("train", help="train a head on cached backbone features")
