@@ -2,7 +2,8 @@
 
 Same `TaggingService` as REST. `ServiceError`s become status codes (INVALID_ARGUMENT,
 UNAUTHENTICATED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, NOT_FOUND, ...) with the
-REST error code and field in the trailing metadata (`error-code`, `error-field`).
+REST error code and field in the trailing metadata (`error-code`, `error-field`; `retry-after`
+in seconds when the queue is full).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from service import logs
 from service.api.common import bearer_token, check_api_key, request_id
 from service.engine import State, TaggingService, TagOptions, TagOutcome
-from service.errors import InvalidRequest, ServiceError
+from service.errors import InvalidRequest, QueueFull, ServiceError
 from service.protos import load
 
 pb, pb_grpc = load()
@@ -255,6 +256,8 @@ def _error_metadata(exc: ServiceError) -> tuple:
     pairs = [("error-code", exc.code)]
     if exc.field:
         pairs.append(("error-field", exc.field))
+    if isinstance(exc, QueueFull):  # REST's Retry-After, in seconds
+        pairs.append(("retry-after", str(exc.retry_after_s)))
     return tuple(pairs)
 
 

@@ -104,5 +104,9 @@ def test_grpc_resource_exhausted_and_deadline(slow):
                 codes.append(grpc.StatusCode.OK)
             except grpc.RpcError as error:
                 codes.append(error.code())
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    trailer = dict(error.trailing_metadata())
+                    assert trailer["error-code"] == "queue_full"
+                    assert int(trailer["retry-after"]) >= 1
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
