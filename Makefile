@@ -48,4 +48,4 @@ compose-check: proto  ## check docker-compose.yml, docker/ against the code (+ r
 .PHONY: bench-paper
 BUDGET ?= small
 bench-paper:  ## the paper's comparison (ConSE/Fast0Tag/LESA/BiAM/ML2P, ablations, cost) → benchmarks/results/paper_comparison.*
-	$(PYTHON) -m service.cli bench paper --budget $(BUDGET)
+	$(PYTHON) -m service.cli bench paper --budget $(BUDGET) $(ARGS)

@@ -167,6 +167,54 @@ def ensure_checkpoint(config, train_fn: Callable | None = None) -> tuple[Path, b
 SHIPPED = REPO / "models" / "weights" / "default.pt"
 
 
+def _train_in_subprocess(config_json: dict, threads: int) -> str:
+    """One checkpoint, in a worker process of `train_missing` (torch limited to `threads`)."""
+    import torch
+
+    from models.train import TrainConfig
+
+    torch.set_num_threads(threads)
+    path, _ = ensure_checkpoint(TrainConfig(**config_json))
+    return str(path)
+
+
+def missing_checkpoints(runs: list[dict]) -> dict[str, dict]:
+    """{hash: config JSON} of the runs still to train (not cached, not the shipped model),
+    each configuration once."""
+    todo: dict[str, dict] = {}
+    for item in runs:
+        if item["hash"] in todo or shipped_matches(item["hash"]):
+            continue
+        if not (checkpoint_root() / item["hash"] / "model.pt").exists():
+            todo[item["hash"]] = item["config"].to_json()
+    return todo
+
+
+def train_missing(runs: list[dict], jobs: int, threads: int) -> float:
+    """Train the runs' checkpoints that are neither cached nor the shipped model, `jobs` at a
+    time in separate processes (slowest first); returns the wall seconds spent."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    todo = missing_checkpoints(runs)
+    if not todo:
+        return 0.0
+    started = time.perf_counter()
+    log.info("training %d checkpoints, %d at a time", len(todo), jobs)
+    order = sorted(todo, key=lambda h: -_train_weight(todo[h]))
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        for path in pool.map(_train_in_subprocess, [todo[h] for h in order],
+                             [threads] * len(order)):
+            log.info("trained %s", path)
+    return time.perf_counter() - started
+
+
+def _train_weight(config: dict) -> float:
+    """Rough relative training cost, to start the slowest runs first."""
+    head = config["model"]["head_kwargs"]
+    return config["epochs"] * config["model"]["dim"] * head.get("groups", 1)
+
+
 def shipped_matches(digest: str, path: Path | None = None) -> bool:
     """Whether the shipped default model was trained with the configuration hashing to
     `digest` (its provenance records the TrainConfig)."""
@@ -760,7 +808,7 @@ def run(args: argparse.Namespace) -> dict:
     wanted = set(args.methods or [k for k, _, _ in MAIN])
     skip = tuple(k for k, _, _ in MAIN if k not in wanted or (k == "ml2p" and args.ml2p_checkpoint))
     runs = plan_runs(args.budget, args.seeds, not args.no_ablations, skip)
-    train_seconds = 0.0
+    train_seconds = train_missing(runs, args.jobs, args.threads) if args.jobs > 1 else 0.0
     checkpoints: dict[str, dict] = {}
     shipped_used: list[int] = []
     for item in sorted(runs, key=lambda r: _cost_rank(r["key"])):

@@ -204,6 +204,9 @@ def add_bench_paper_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per latency point")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for training and timing")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="checkpoints trained at once, each in its own process with "
+                             "--threads threads (e.g. --jobs 2 on 2 cores)")
     parser.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
                         help="latency on the exported ONNX graphs in onnxruntime (the serving "
                              "engine) or in PyTorch eager")

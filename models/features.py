@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ def backbone_onnx(backbone: str, size: int = 224) -> Path:
             return self.net.forward_all(x)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.onnx")
+    tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")  # concurrent exporters never collide
     torch.onnx.export(
         _All(), torch.zeros(1, 3, size, size), str(tmp),
         input_names=["image"], output_names=[*TAP_NAMES, "logits"],
@@ -116,7 +118,13 @@ def build_feature_cache(
         str(backbone_onnx(backbone, spec.size)), options, providers=["CPUExecutionProvider"]
     )
     probe = session.run(None, {"image": np.zeros((1, 3, spec.size, spec.size), np.float32)})
-    directory.mkdir(parents=True, exist_ok=True)
+    # built under a private name and renamed into place when complete, so that processes
+    # building the same cache at once (bench paper --jobs) never read a half-written one
+    final, directory = directory, directory.with_name(
+        f"{directory.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
     count = len(image_paths)
     taps = [
         np.lib.format.open_memmap(
@@ -161,5 +169,12 @@ def build_feature_cache(
             indent=1,
         )
     )
+    del taps, logits  # close the memmaps before the rename
+    try:
+        directory.rename(final)
+    except OSError:  # another process finished the same cache first: keep theirs
+        if not (final / "meta.json").exists():
+            raise
+        shutil.rmtree(directory)
     log.info("feature cache %s: %d images (%d skipped) in %.0fs", name, count, skipped, elapsed)
-    return open_cache(directory)
+    return open_cache(final)

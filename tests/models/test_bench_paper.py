@@ -145,6 +145,19 @@ def test_checkpoint_cache_by_config_hash(monkeypatch: pytest.MonkeyPatch,
     assert not cached and other != path and calls == [0, 1]
 
 
+def test_missing_checkpoints_once_each(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--jobs trains each missing configuration once; cached and shipped ones are skipped."""
+    monkeypatch.setenv("ML2P_CACHE_DIR", str(tmp_path))
+    runs = bench_paper.plan_runs("small")
+    todo = bench_paper.missing_checkpoints(runs)
+    distinct = {r["hash"] for r in runs if not bench_paper.shipped_matches(r["hash"])}
+    assert set(todo) == distinct and len(todo) < len(runs)  # lam0 / g7 share the reference
+    cached = next(iter(todo))
+    (tmp_path / "checkpoints" / cached).mkdir(parents=True)
+    (tmp_path / "checkpoints" / cached / "model.pt").write_bytes(b"")
+    assert set(bench_paper.missing_checkpoints(runs)) == distinct - {cached}
+
+
 def test_config_hash_ignores_new_default_fields() -> None:
     import dataclasses
 
