@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
@@ -28,21 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from service.cli import bench_module
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _sibling(name: str):
-    """benchmarks/NAME.py as a module (benchmarks/ is not a package), loaded once."""
-    key = f"ml2p_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
-lg = _sibling("loadgen")  # the closed / open loops and the load-generator process
+lg = bench_module("loadgen")  # the closed / open loops and the load-generator process
 
 
 # --- raw in-process pipeline ---------------------------------------------------------------

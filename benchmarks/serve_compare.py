@@ -30,7 +30,6 @@ loop table, the goals (closed loop), and the open loop table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -44,21 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.cli import bench_module
+
 REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = Path(os.environ.get("ML2P_PEER_VENV", Path.home() / ".cache/ml2p/peer-venv"))
 SYSTEMS = ("raw", "rest", "grpc", "naive", "triton")
-
-
-def _serve_bench():
-    spec = importlib.util.spec_from_file_location("serve_bench", REPO / "benchmarks" /
-                                                  "serve_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sb = _serve_bench()
-lg = sb.lg  # benchmarks/loadgen.py: the closed / open loops, the load-generator process
+sb = bench_module("serve_bench")
+lg = bench_module("loadgen")  # the closed / open loops, the load-generator process
 
 
 # --- process accounting --------------------------------------------------------------------

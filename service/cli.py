@@ -129,30 +129,38 @@ async def _tag_local(args: argparse.Namespace, options: dict) -> list[dict] | in
     return results
 
 
-def cmd_bench_serve(args: argparse.Namespace) -> int:
-    spec = importlib.util.spec_from_file_location("serve_bench",
-                                                  REPO / "benchmarks" / "serve_bench.py")
-    if spec is None or spec.loader is None:
-        return _fail("benchmarks/serve_bench.py not found (run from a source checkout)")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.run(args)
-
-
-def _bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+def bench_module(name: str):  # noqa: ANN201 - a module
+    """benchmarks/NAME.py as a module (benchmarks/ is a folder of scripts, not a package),
+    loaded once per process; None outside a source checkout."""
+    key = f"ml2p_benchmarks_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, REPO / "benchmarks" / f"{name}.py")
     if spec is None or spec.loader is None or not spec.origin or not Path(spec.origin).exists():
         return None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[key] = module  # before running it: dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
     return module
 
 
-def cmd_bench_serve_compare(args: argparse.Namespace) -> int:
-    module = _bench_module("serve_compare")
+def _run_bench(name: str, args: argparse.Namespace) -> int:
+    module = bench_module(name)
     if module is None:
-        return _fail("benchmarks/serve_compare.py not found (run from a source checkout)")
+        return _fail(f"benchmarks/{name}.py not found (run from a source checkout)")
     return module.run(args)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    return _run_bench("serve_bench", args)
+
+
+def cmd_bench_serve_compare(args: argparse.Namespace) -> int:
+    return _run_bench("serve_compare", args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -13,19 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from service.cli import bench_module
 
 
 def test_naive_server_answers(model_dir: Path) -> None:
-    app = _load("naive_server").create_app(model_dir)
+    app = bench_module("naive_server").create_app(model_dir)
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
     with TestClient(app) as client:
@@ -38,7 +28,7 @@ def test_naive_server_answers(model_dir: Path) -> None:
 
 
 def test_goals_and_triton_request() -> None:
-    compare = _load("serve_compare")
+    compare = bench_module("serve_compare")
     rows = [{"system": s, "concurrency": c, "throughput_rps": rps, "p50_ms": p50, "p99_ms": p99}
             for s, c, rps, p50, p99 in [("raw", 1, 50, 10, 12), ("raw", 16, 100, 150, 200),
                                         ("rest", 1, 45, 12, 14), ("rest", 16, 90, 160, 210),
@@ -56,7 +46,7 @@ def test_goals_and_triton_request() -> None:
 def test_open_loop_rates_are_the_same_for_every_system() -> None:
     from service.cli import build_parser
 
-    compare = _load("serve_compare")
+    compare = bench_module("serve_compare")
     rows = [{"system": s, "concurrency": c, "throughput_rps": rps}
             for s, c, rps in [("raw", 1, 50.0), ("raw", 4, 80.0), ("rest", 4, 60.0)]]
     args = build_parser().parse_args(["bench", "serve-compare"])
@@ -73,7 +63,7 @@ def test_open_loop_rates_are_the_same_for_every_system() -> None:
 
 
 def test_markdown_has_the_open_loop_table_beside_the_closed_one() -> None:
-    compare = _load("serve_compare")
+    compare = bench_module("serve_compare")
     closed = {"errors": 0, "p50_ms": 20.0, "p95_ms": 25.0, "p99_ms": 30.0}
     rows = [{"system": "raw", "concurrency": 4, "throughput_rps": 80.0, **closed},
             {"system": "rest", "concurrency": 4, "throughput_rps": 60.0, **closed,

@@ -5,28 +5,14 @@ Time tolerances are loose: the machine may be busy."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from service.cli import bench_module
 
-
-def _loadgen():
-    name = "ml2p_benchmarks_loadgen"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "loadgen.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lg = _loadgen()
+lg = bench_module("loadgen")
 
 
 async def _ok(k: int) -> str:
