@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -221,6 +222,13 @@ def shipped_matches(digest: str, path: Path | None = None) -> bool:
     path = path or SHIPPED
     if not path.exists():
         return False
+    return _trained_config_hash(path, path.stat().st_mtime_ns) == digest
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_config_hash(path: Path, mtime_ns: int) -> str | None:
+    """config_hash of the TrainConfig in a checkpoint's provenance, read once per file
+    version (`mtime_ns` is part of the cache key); None when unreadable."""
     import torch
 
     from models.train import TrainConfig
@@ -230,8 +238,8 @@ def shipped_matches(digest: str, path: Path | None = None) -> bool:
         config = TrainConfig(**payload["provenance"]["train_config"])
     except (KeyError, TypeError, RuntimeError) as exc:
         log.warning("cannot read the training configuration of %s: %s", path, exc)
-        return False
-    return config_hash(config) == digest
+        return None
+    return config_hash(config)
 
 
 def plan_runs(budget: str, seeds: list[int] | None = None, ablations: bool = True,
