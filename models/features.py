@@ -169,7 +169,6 @@ def build_feature_cache(
             indent=1,
         )
     )
-    del taps, logits  # close the memmaps before the rename
     try:
         directory.rename(final)
     except OSError:  # another process finished the same cache first: keep theirs
