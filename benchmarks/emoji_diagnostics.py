@@ -14,7 +14,15 @@ val: the same styles, test: held-out openmoji art) this measures, with the proje
    linear → 128, cosine × 10, BCE on the seen keywords; ZSL / GZSL mAP on val and test after
    each `--report-every` epochs;
 5. the same probe spatially (`--spatial`, default on): an embedding per position of the 7×7
-   stride-32 grid, a label scored by a smooth maximum over positions.
+   stride-32 grid, a label scored by a smooth maximum over positions;
+6. whether the frozen features know an emoji across art styles at all (`--sprites`, default
+   on): every emoji of the catalog alone, centred at 150 px on white, in each style; the pooled
+   stride-32 + stride-16 taps (centred, cosine); each openmoji (and, for reference, twitter)
+   sprite retrieves its nearest google sprite out of all of them (top-1 / top-5 accuracy of
+   the identity), and, zero-shot, ranks the unseen keywords by the MiniLM cosine to the seen
+   keywords of its 5 nearest google + twitter sprites (ZSL mAP over sprites);
+7. the same transfer inside the scenes, training-free (with `--sprites`): every position of
+   the 7×7 stride-32 grid is matched against google + twitter prototypes of every emoji.
 
 Writes `benchmarks/results/emoji_diagnostics.{json,md}`. About 4 minutes on 2 CPU cores once the
 feature caches exist (`ml2p data emojitags`, then any training or `ml2p eval` builds them).
@@ -39,6 +47,7 @@ from models.metrics import evaluate_zsl_gzsl, mean_average_precision
 from models.train import SplitData, load_split
 
 BACKBONE = "efficientnet_lite0"
+SPRITE_SIDE = 150
 
 
 def pooled(split: SplitData) -> torch.Tensor:
@@ -133,6 +142,131 @@ def train_zero_shot_probe(model: ZeroShotProbe, data: dict, labels: torch.Tensor
     return curve
 
 
+def sprite_features(styles: tuple[str, ...], threads: int, side: int = SPRITE_SIDE,
+                    background: tuple[int, int, int] = (255, 255, 255)) -> tuple[dict, list]:
+    """Every catalog emoji alone, centred at `side` px on `background`, per style:
+    {"pooled": pooled stride-32 + stride-16 taps [N, 432], "centre": the stride-32 tap
+    averaged over the 3×3 centre cells [N, 320], "image_mean": over all cells [N, 320]}."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from models.data.emojitags import fetch_art, load_art, read_catalog
+    from models.features import backbone_onnx
+    from service.imaging import preprocess
+
+    catalog = read_catalog(fetch_art())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(backbone_onnx(BACKBONE)), options,
+                                   providers=["CPUExecutionProvider"])
+    offset = (224 - side) // 2
+
+    def render(path: Path) -> np.ndarray:
+        canvas = Image.new("RGBA", (224, 224), (*background, 255))
+        sprite = load_art(path).resize((side, side), Image.BICUBIC)
+        canvas.alpha_composite(sprite, (offset, offset))
+        return preprocess(canvas.convert("RGB"))
+
+    features = {}
+    for style in styles:
+        pooled, centre, image_mean = [], [], []
+        for start in range(0, len(catalog), 64):
+            images = np.stack([render(e.art[style]) for e in catalog[start:start + 64]])
+            _, tap16, tap32, _ = session.run(None, {"image": images})
+            pooled.append(np.concatenate([tap32.mean((2, 3)), tap16.mean((2, 3))], axis=1))
+            centre.append(tap32[:, :, 2:5, 2:5].mean((2, 3)))
+            image_mean.append(tap32.mean((2, 3)))
+        features[style] = {"pooled": np.concatenate(pooled), "centre": np.concatenate(centre),
+                           "image_mean": np.concatenate(image_mean)}
+    return features, catalog
+
+
+def seen_keyword_matrix(catalog: list, names: list[str], seen: np.ndarray) -> torch.Tensor:
+    """[emoji, labels] 1 where a seen label is one of the emoji's keywords."""
+    column = {name: i for i, name in enumerate(names)}
+    known = np.zeros((len(catalog), len(names)), np.float32)
+    for row, emoji in enumerate(catalog):
+        known[row, [column[k] for k in emoji.keywords if k in column and seen[column[k]]]] = 1
+    return torch.from_numpy(known)
+
+
+def transfer(similarity: torch.Tensor, known: torch.Tensor, labels: torch.Tensor,
+             k: int) -> np.ndarray:
+    """Zero-shot scores [N, L]: every label's cosine to the mean seen-keyword vector of the k
+    most similar gallery sprites (softmax-weighted, temperature 0.05)."""
+    top, nearest = similarity.topk(k, dim=1)  # [N, k]
+    weights = torch.softmax(top / 0.05, dim=1)
+    image = F.normalize(torch.einsum("nk,nkl->nl", weights, known[nearest]) @ labels, dim=-1)
+    return (image @ labels.T).numpy()
+
+
+def sprite_retrieval(labels: torch.Tensor, names: list[str], seen: np.ndarray,
+                     threads: int) -> dict:
+    """Cross-style identity retrieval and kNN zero-shot transfer on isolated sprites."""
+    features, catalog = sprite_features(("google", "twitter", "openmoji"), threads)
+    features = {k: v["pooled"] for k, v in features.items()}
+    mean = np.concatenate([features["google"], features["twitter"]]).mean(0)
+    unit = {k: F.normalize(torch.from_numpy(v - mean), dim=-1) for k, v in features.items()}
+    known = seen_keyword_matrix(catalog, names, seen)
+    report: dict = {"emoji": len(catalog), "sprite_side": SPRITE_SIDE, "gallery": "google"}
+
+    def identity(query: torch.Tensor, gallery: torch.Tensor) -> dict:
+        similarity = query @ gallery.T  # [N, N]
+        rank = (similarity > similarity.diagonal()[:, None]).sum(1)
+        return {"top1": round(float((rank < 1).float().mean()), 4),
+                "top5": round(float((rank < 5).float().mean()), 4)}
+
+    for query in ("twitter", "openmoji"):
+        report[f"{query}_to_google"] = identity(unit[query], unit["google"])
+    # each style centred on its own mean: uses the openmoji statistics, so not a method, but
+    # it shows how much of the gap is a shift of the whole style
+    own = {k: F.normalize(torch.from_numpy(v - v.mean(0)), dim=-1) for k, v in features.items()}
+    report["openmoji_to_google_own_mean"] = identity(own["openmoji"], own["google"])
+    # zero-shot through the 5 nearest train-style sprites (the query's own emoji included:
+    # every emoji is in the train scenes, only its unseen keywords are not labels)
+    gallery = torch.cat([unit["google"], unit["twitter"]])  # [2N, E]
+    targets = (known > 0).numpy().astype(np.int8)
+    column = {name: i for i, name in enumerate(names)}
+    for row, emoji in enumerate(catalog):
+        targets[row, [column[k] for k in emoji.keywords if k in column]] = 1
+    scores = transfer(unit["openmoji"] @ gallery.T, known.repeat(2, 1), labels, 5)
+    metrics = evaluate_zsl_gzsl(scores, targets, names, seen, include="positive")
+    chance = evaluate_zsl_gzsl(np.random.default_rng(0).random(scores.shape), targets, names,
+                               seen, include="positive")
+    report["openmoji_knn5_zero_shot"] = {"zsl": round(float(metrics["zsl"]["map"]), 4),
+                                         "random_zsl": round(float(chance["zsl"]["map"]), 4)}
+    return report
+
+
+def scene_prototypes(labels: torch.Tensor, splits: dict[str, SplitData], threads: int) -> dict:
+    """Training-free matching in the scenes: every position of the 7×7 stride-32 grid against
+    google + twitter prototypes (each emoji alone at 96 px on grey, the 3×3 centre cells); an
+    emoji's evidence is its best position; zero-shot transfer from the 20 best emoji. Two
+    normalisations: one fixed mean (of the prototypes), or each image centred on its own
+    spatial mean (per image, so usable at serving time)."""
+    features, catalog = sprite_features(("google", "twitter"), threads, side=96,
+                                        background=(128, 128, 128))
+    centre = np.concatenate([features["google"]["centre"], features["twitter"]["centre"]])
+    image_mean = np.concatenate([features["google"]["image_mean"],
+                                 features["twitter"]["image_mean"]])
+    fixed_mean = torch.from_numpy(centre.mean(0))
+    galleries = {"fixed_mean": F.normalize(torch.from_numpy(centre) - fixed_mean, dim=-1),
+                 "per_image_mean": F.normalize(torch.from_numpy(centre - image_mean), dim=-1)}
+    any_split = next(iter(splits.values()))
+    known = seen_keyword_matrix(catalog, any_split.label_names, any_split.seen).repeat(2, 1)
+    report: dict = {name: {} for name in galleries}
+    for name, split in splits.items():
+        grid = torch.from_numpy(np.asarray(split.cache.taps[2][split.rows], np.float32))
+        grid = grid.flatten(2).transpose(1, 2)  # [N, 49, 320]
+        positions = {"fixed_mean": grid - fixed_mean,
+                     "per_image_mean": grid - grid.mean(1, keepdim=True)}
+        for rule, gallery in galleries.items():
+            similarity = torch.einsum("npc,kc->nkp", F.normalize(positions[rule], dim=-1),
+                                      gallery).amax(-1)  # [N, 2N]
+            report[rule][name] = zsl_gzsl(transfer(similarity, known, labels, 20), split)
+    return report
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -182,6 +316,10 @@ def run(args: argparse.Namespace) -> dict:
             ZeroShotProbe(grids[0].shape[1], labels.shape[1], spatial=True),
             {"train": (grids[0], train), "val": (grids[1], val), "test": (grids[2], test)},
             labels, seen, y_train, args)
+    if args.sprites:
+        report["sprites"] = sprite_retrieval(labels, train.label_names, train.seen, args.threads)
+        report["scene_prototypes"] = scene_prototypes(labels, {"val": val, "test": test},
+                                                      args.threads)
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,10 +360,31 @@ def markdown(r: dict) -> str:
     for point in r.get("spatial_zero_shot_probe", []):
         lines.append(row(f"zero-shot probe (spatial, max over 7×7), epoch {point['epoch']}",
                          point))
+    for rule, text in (("fixed_mean", "one fixed mean"),
+                       ("per_image_mean", "each image centred on its own mean")):
+        if rule in r.get("scene_prototypes", {}):
+            lines.append(row("training-free: each 7×7 position against google + twitter emoji "
+                             f"prototypes, keywords of the 20 best ({text})",
+                             r["scene_prototypes"][rule]))
     p = r["linear_probe_seen_map"]
     lines += ["", f"Seen-keyword recognition, linear probe on the pooled stride-32 tap "
               f"(mAP over seen keywords): train {_pct(p['train'])}, val {_pct(p['val'])}, "
               f"test {_pct(p['test'])}.", ""]
+    if "sprites" in r:
+        q = r["sprites"]
+        lines += [
+            f"The emoji alone ({q['emoji']} emoji, each centred at {q['sprite_side']} px on "
+            "white; pooled stride-32 + stride-16 taps, cosine): its nearest google sprite is "
+            f"the same emoji for {_pct(q['openmoji_to_google']['top1'])} % of openmoji sprites "
+            f"(top-5 {_pct(q['openmoji_to_google']['top5'])} %; twitter → google "
+            f"{_pct(q['twitter_to_google']['top1'])} % / {_pct(q['twitter_to_google']['top5'])}"
+            f" %; chance {100 / q['emoji']:.2f} %; with each style centred on its own mean, "
+            f"which uses the test style's statistics: "
+            f"{_pct(q['openmoji_to_google_own_mean']['top1'])} % / "
+            f"{_pct(q['openmoji_to_google_own_mean']['top5'])} %). Zero-shot through the 5 "
+            "nearest google + twitter sprites' seen keywords, openmoji sprites reach ZSL mAP "
+            f"{_pct(q['openmoji_knn5_zero_shot']['zsl'])} (random "
+            f"{_pct(q['openmoji_knn5_zero_shot']['random_zsl'])}).", ""]
     return "\n".join(lines)
 
 
@@ -237,6 +396,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spatial", action=argparse.BooleanOptionalAction, default=True,
                         help="also the spatial zero-shot probe (a score per 7×7 position)")
+    parser.add_argument("--sprites", action=argparse.BooleanOptionalAction, default=True,
+                        help="also cross-style retrieval of the emoji alone (section 6)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/emoji_diagnostics.json")
     run(parser.parse_args())
