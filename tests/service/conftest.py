@@ -35,7 +35,8 @@ def manifest(model_dir: Path) -> dict:
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The main server: API key on, small label/body/pixel limits so limit tests are cheap."""
     srv = Server(model_dir, tmp_path_factory.mktemp("main"), api_key="test-key",
-                 max_labels=50, max_label_chars=2000, max_body_bytes=1_000_000,
+                 max_labels=50, max_vocabulary_labels=60, max_label_chars=2000,
+                 max_body_bytes=1_000_000,
                  max_pixels=1_000_000, max_images=4, max_batch_size=8)
     try:
         yield srv.wait_ready()

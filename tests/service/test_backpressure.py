@@ -88,6 +88,27 @@ def test_deadline_is_504(slow):
     assert r.json()["error"]["code"] == "deadline_exceeded"
 
 
+def test_server_deadline_caps_every_request(model_dir, tmp_path_factory):
+    """`request_timeout_s` applies without a caller deadline and caps a longer one."""
+    srv = Server(model_dir, tmp_path_factory.mktemp("strict"), inference_delay_ms=DELAY_MS,
+                 request_timeout_s=DELAY_MS / 3000)
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=30) as client:
+            for fields in ({}, {"timeout_ms": 20_000}):
+                r = _post(client, image_bytes(), **fields)
+                assert r.status_code == 504, (fields, r.text)
+                assert r.json()["error"]["code"] == "deadline_exceeded"
+                assert f"{DELAY_MS / 3000:g}s" in r.json()["error"]["message"]
+        with srv.channel() as channel, pytest.raises(grpc.RpcError) as info:
+            pb_grpc.TaggerStub(channel).Tag(pb.TagRequest(image=image_bytes(), labels=LABELS),
+                                            timeout=30)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert httpx.get(f"{srv.url}/livez").status_code == 200
+    finally:
+        srv.stop()
+
+
 def test_grpc_resource_exhausted_and_deadline(slow):
     png = image_bytes()
     with slow.channel() as channel:

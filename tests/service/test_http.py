@@ -344,6 +344,20 @@ def test_vocabulary_errors(http):
     assert http.delete("/v1/vocabularies/never-made").status_code == 404
 
 
+def test_vocabulary_label_limit_is_its_own(http, png):
+    """A stored vocabulary may hold more labels than one request (60 against 50 here)."""
+    labels = [f"thing {i}" for i in range(61)]
+    r = http.put("/v1/vocabularies/too-big", json={"labels": labels})
+    assert r.status_code == 422 and error_of(r)["field"] == "labels"
+    assert "61 labels, over the limit of 60" in error_of(r)["message"]
+    assert http.get("/v1/vocabularies/too-big").status_code == 404  # nothing half-stored
+    assert tag_multipart(http, png, labels[:51]).status_code == 422  # the per-request limit
+    assert http.put("/v1/vocabularies/big", json={"labels": labels[:60]}).status_code == 201
+    r = tag_multipart(http, png, [], vocabulary="big", top_k=60)
+    assert r.status_code == 200 and len(r.json()["tags"]) == 60
+    assert http.delete("/v1/vocabularies/big").status_code == 204
+
+
 def test_builtin_vocabularies(http, png):
     nus = http.get("/v1/vocabularies/nus-wide-81").json()
     assert nus["builtin"] and nus["size"] == 81 and "waterfall" in nus["labels"]
