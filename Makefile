@@ -9,10 +9,12 @@ WEIGHTS := models/weights/default.pt
 
 install: .venv/.installed  ## venv with the CPU torch build and every extra (train, dev)
 
-.venv/.installed: pyproject.toml
+# the serving dependencies at the locked versions the images use, so tests run what ships
+.venv/.installed: pyproject.toml requirements/serving.lock
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
-	.venv/bin/pip install -q --disable-pip-version-check -e '.[train,dev]'
+	.venv/bin/pip install -q --disable-pip-version-check -e '.[train,dev]' \
+		-c requirements/serving.lock
 	touch $@
 
 proto:  ## generate the gRPC stubs into service/_generated/ (also done on first import)
@@ -36,7 +38,8 @@ lint:
 
 .PHONY: lock audit
 LOCK := requirements/serving.lock
-lock: install  ## pin the serving (base) dependencies as installed in the venv → $(LOCK)
+lock: install  ## upgrade the serving (base) dependencies in the venv, then pin them → $(LOCK)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --upgrade -e .
 	$(PYTHON) .ci/lock.py -o $(LOCK)
 
 audit: install  ## pip-audit $(LOCK); fails on fixable vulnerabilities not in .ci/audit-allowlist.toml
