@@ -67,6 +67,7 @@ class DynamicBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._refusal = ""  # set by refuse_queued: why new and queued images are refused
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ml2p-infer")
         self._task: asyncio.Task | None = None
 
@@ -81,8 +82,8 @@ class DynamicBatcher:
 
     async def submit(self, arrays: list[np.ndarray], deadline: float) -> list[BatchResult]:
         """Queue the images of one request; results in order. `deadline` is perf_counter()."""
-        if self._closed:
-            raise Unavailable("the server is shutting down and takes no new work")
+        if self._closed or self._refusal:
+            raise Unavailable(self._refusal or "the server is shutting down and takes no new work")
         if len(self._queue) + len(arrays) > self.max_queue_size:
             raise QueueFull(
                 f"batch queue is full ({len(self._queue)} of {self.max_queue_size} images "
@@ -191,6 +192,20 @@ class DynamicBatcher:
     async def wait_idle(self) -> None:
         """Until nothing is queued or running."""
         await self._idle.wait()
+
+    def refuse_queued(self, message: str) -> int:
+        """Fail every queued image, and any submitted later, with Unavailable(message); the
+        running batches finish. Returns how many images were refused."""
+        self._refusal = message
+        refused = 0
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(Unavailable(message))
+                refused += 1
+        self._queue.clear()
+        self._set_depth()
+        self._check_idle()
+        return refused
 
     async def close(self) -> None:
         """Stop dispatching and release the worker threads."""

@@ -174,7 +174,13 @@ class TaggingService:
             await asyncio.wait_for(self._quiet.wait(), timeout)
             return True
         except TimeoutError:
-            log.warning("drain timeout: %d request(s) still in flight", self._in_flight)
+            # queued images will not run: answer them now (503) instead of leaving them to
+            # be cut off when the HTTP server stops; running batches still finish
+            refused = 0 if self.batcher is None else self.batcher.refuse_queued(
+                f"the server is shutting down: its drain timeout of {timeout:g}s ran out "
+                "before this image ran")
+            log.warning("drain timeout: %d request(s) still in flight, %d queued image(s) "
+                        "refused", self._in_flight, refused)
             return False
 
     async def close(self) -> None:

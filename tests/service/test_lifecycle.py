@@ -64,6 +64,53 @@ def test_sigterm_drains_in_flight_refuses_new_work_and_exits_0(model_dir, tmp_pa
     assert '"msg": "stopped"' in srv.log()
 
 
+def test_drain_timeout_answers_queued_work_503_and_exits_0(model_dir, tmp_path):
+    """Work still queued when the drain timeout runs out is refused with a 503 /
+    UNAVAILABLE naming the timeout (it was a bare 500 once); the running batch finishes."""
+    srv = Server(model_dir, tmp_path, inference_delay_ms=1000, max_batch_size=1,
+                 drain_timeout_s=1).wait_ready()
+    png = image_bytes()
+    rest: list[httpx.Response] = []
+    rpc: list[grpc.StatusCode] = []
+
+    def rest_client() -> None:
+        rest.append(httpx.post(f"{srv.url}/v1/tag", files={"image": ("i.png", png)},
+                               data={"labels": ["dog"]}, timeout=30))
+
+    def grpc_client() -> None:
+        with srv.channel() as channel:
+            try:
+                pb_grpc.TaggerStub(channel).Tag(pb.TagRequest(image=png, labels=["dog"]),
+                                                timeout=30)
+                rpc.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                rpc.append(error.code())
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    assert "drain timeout of 1s" in error.details()
+
+    threads = ([threading.Thread(target=rest_client) for _ in range(4)]
+               + [threading.Thread(target=grpc_client) for _ in range(2)])
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while _in_flight(srv.url) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    srv.signal()  # 6 s of work queued, 1 s to drain
+    started = time.monotonic()
+    assert srv.stop(timeout=20) == 0
+    assert time.monotonic() - started < 8
+    for thread in threads:
+        thread.join(30)
+    statuses = [r.status_code for r in rest]
+    assert set(statuses) <= {200, 503} and len(statuses) == 4, [r.text for r in rest]
+    for refused in (r for r in rest if r.status_code == 503):
+        error = refused.json()["error"]
+        assert error["code"] == "unavailable" and "drain timeout of 1s" in error["message"]
+    assert set(rpc) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE} and len(rpc) == 2
+    outcomes = statuses + [200 if code == grpc.StatusCode.OK else 503 for code in rpc]
+    assert 1 <= outcomes.count(200) <= 3 and outcomes.count(503) >= 3, outcomes
+
+
 def test_broken_artifact_fails_at_startup_with_one_message(model_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
