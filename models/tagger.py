@@ -76,6 +76,9 @@ class Tagger(nn.Module):
         self.head = head
         self.label_transform = label_transform
         self.freeze_backbone = freeze_backbone
+        # True when the backbone's weights are this model's own (end-to-end training), not
+        # the package's: they are saved with the checkpoint and the feature caches do not apply
+        self.backbone_finetuned = False
         self.backbone: nn.Module | None = None
         if backbone is not None:
             self.attach_backbone(backbone)
@@ -142,8 +145,9 @@ def _maybe_half(state: dict[str, torch.Tensor], half: bool) -> dict[str, torch.T
 
 def save_checkpoint(tagger: Tagger, path: str | Path, history: list | dict | None = None,
                     provenance: dict | None = None, half: bool = False) -> Path:
-    """Write `{config, head, label_transform, history, provenance}`; `half=True` stores floating
-    tensors in fp16 (half the size; they load back into fp32 parameters)."""
+    """Write `{config, head, label_transform, history, provenance}` (+ `backbone` when it was
+    trained end to end); `half=True` stores floating tensors in fp16 (half the size; they
+    load back into fp32 parameters)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -151,6 +155,8 @@ def save_checkpoint(tagger: Tagger, path: str | Path, history: list | dict | Non
         "config": normalize_config(tagger.config),
         "head": _maybe_half(tagger.head.state_dict(), half),
         "label_transform": _maybe_half(tagger.label_transform.state_dict(), half),
+        **({"backbone": _maybe_half(tagger.backbone.state_dict(), half)}
+           if tagger.backbone_finetuned else {}),
         # JSON round trip: plain types only, so the file loads with weights_only=True
         "history": json.loads(json.dumps(history if history is not None else [], default=float)),
         "provenance": json.loads(json.dumps(provenance or {}, default=str)),
@@ -171,6 +177,9 @@ def load_checkpoint(path: str | Path, backbone: nn.Module | None = None) -> Tagg
     tagger = build_tagger(payload["config"], backbone=backbone)
     tagger.head.load_state_dict(payload["head"])
     tagger.label_transform.load_state_dict(payload["label_transform"])
+    if "backbone" in payload:  # end-to-end trained: its own backbone weights
+        (tagger.backbone or tagger.attach_backbone()).load_state_dict(payload["backbone"])
+        tagger.backbone_finetuned = True
     tagger.history = payload.get("history", [])
     tagger.provenance = payload.get("provenance", {})
     return tagger.eval()

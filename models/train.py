@@ -1,4 +1,7 @@
-"""Training on cached frozen-backbone features (`ml2p train`).
+"""Training on cached frozen-backbone features (`ml2p train`), or end to end.
+
+With `finetune_backbone` the backbone trains too, on decoded images instead of the feature
+cache (meant for GPU machines, `device="cuda"`; on 2 CPU cores a step costs ~50× more).
 
 Several datasets train jointly over the union of their *seen* labels; a label that is unseen in
 any evaluated dataset is removed from every training label set and from the distillation
@@ -8,6 +11,7 @@ targets, so zero-shot stays zero-shot across datasets. Labels of another dataset
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -28,6 +32,7 @@ from models.losses import distillation_loss, ml2p_loss
 from models.metrics import evaluate_zsl_gzsl
 from models.tagger import Tagger, build_tagger, save_checkpoint
 from models.vocab import imagenet_class_names, imagenet_exclusion_mask, unseen_labels
+from service.imaging import load_and_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,9 @@ class TrainConfig:
     # ("class_names_all" keeps the excluded classes too: the information ConSE itself uses)
     evidence_init: str = "zeros"  # "zeros" | "class_names" | "class_names_all"
     seed: int = 0
+    finetune_backbone: bool = False  # end to end: the backbone trains on decoded images
+    backbone_lr: float = 1e-4  # its learning rate (same warm-up and cosine schedule)
+    device: str = "cpu"  # "cuda" on a GPU machine
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -84,6 +92,7 @@ class SplitData:
     targets: np.ndarray  # [N, L] int8, 1/0/-1, in the split's own label order
     label_names: list[str]
     seen: np.ndarray  # [L] bool
+    paths: list[Path] = field(default_factory=list)  # image file of each valid row
 
 
 def load_split(dataset: str, split: str, backbone: str, limit: int | None = None,
@@ -94,7 +103,7 @@ def load_split(dataset: str, split: str, backbone: str, limit: int | None = None
     if limit is not None and limit < len(rows):
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
     return SplitData(dataset, cache, rows, np.asarray(data.targets)[rows], list(data.label_names),
-                     np.asarray(data.seen, dtype=bool))
+                     np.asarray(data.seen, dtype=bool), [Path(data.image_paths[r]) for r in rows])
 
 
 def gather(split: SplitData, index: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -104,15 +113,41 @@ def gather(split: SplitData, index: np.ndarray) -> tuple[tuple[torch.Tensor, ...
     return taps, logits
 
 
+def model_device(tagger: Tagger) -> torch.device:
+    """Where the tagger's tensors live (CPU for a head without any, e.g. ConSE)."""
+    for tensor in itertools.chain(tagger.parameters(), tagger.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def backbone_inputs(tagger: Tagger, split: SplitData, index: np.ndarray,
+                    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Taps and ImageNet logits of `split` rows `index`, on the tagger's device: from the
+    cache, or — for a tagger with its own (fine-tuned) backbone, whose features the cache of
+    the packaged one does not hold — by running that backbone on the decoded images."""
+    device = model_device(tagger)
+    if not tagger.backbone_finetuned:
+        taps, logits = gather(split, index)
+        return tuple(t.to(device) for t in taps), logits.to(device)
+    if len(split.paths) != len(split.rows):
+        raise ValueError(f"{split.name}: a fine-tuned backbone needs the image paths of the split")
+    images = np.stack([load_and_preprocess(str(split.paths[i])) for i in index])  # [B, 3, H, W]
+    *taps, logits = tagger.backbone.forward_all(torch.from_numpy(images).to(device))
+    return tuple(taps), logits
+
+
 @torch.no_grad()
 def predict(tagger: Tagger, split: SplitData, label_vectors: torch.Tensor,
             batch_size: int = 128) -> np.ndarray:
     """Scores [N, L] of every valid image of `split` against transformed `label_vectors`."""
     tagger.eval()
+    label_vectors = label_vectors.to(model_device(tagger))
     out = []
     for start in range(0, len(split.rows), batch_size):
-        taps, logits = gather(split, np.arange(start, min(start + batch_size, len(split.rows))))
-        out.append(tagger.score(tagger.encode_from_taps(taps, logits), label_vectors).numpy())
+        taps, logits = backbone_inputs(
+            tagger, split, np.arange(start, min(start + batch_size, len(split.rows))))
+        out.append(tagger.score(tagger.encode_from_taps(taps, logits), label_vectors).cpu()
+                   .numpy())
     return np.concatenate(out)
 
 
@@ -161,6 +196,14 @@ class Trainer:
         self.tagger.label_transform.fit_mean(np.concatenate([raw_labels, raw_imagenet]))
         if config.evidence_init != "zeros":
             self._init_evidence(keep_excluded=config.evidence_init == "class_names_all")
+        if config.finetune_backbone:
+            self.tagger.freeze_backbone = False
+            self.tagger.attach_backbone()
+            self.tagger.backbone_finetuned = True
+        self.device = torch.device(config.device)
+        self.tagger.to(self.device)
+        self.raw_labels, self.raw_imagenet, self.imagenet_keep = (
+            t.to(self.device) for t in (self.raw_labels, self.raw_imagenet, self.imagenet_keep))
         self.index = self._joint_index()
 
     def _init_evidence(self, keep_excluded: bool) -> None:
@@ -199,10 +242,10 @@ class Trainer:
                 parts.append((split, index))
         taps_parts, logits_parts, targets_parts = [], [], []
         for split, index in parts:
-            taps, logits = gather(split, index)
+            taps, logits = backbone_inputs(self.tagger, split, index)
             taps_parts.append(taps)
             logits_parts.append(logits)
-            targets_parts.append(self._joint_targets(split, index))
+            targets_parts.append(self._joint_targets(split, index).to(self.device))
         taps = tuple(torch.cat([t[k] for t in taps_parts]) for k in range(3))
         logits = torch.cat(logits_parts)
         targets = torch.cat(targets_parts)
@@ -212,13 +255,13 @@ class Trainer:
         if head == "ml2p":
             scores = self.tagger.score(groups, labels)  # [B, L]
             loss = ml2p_loss(scores, targets, groups, labels, cfg.lam, negatives=cfg.negatives)
-            stats = {"rank": float(loss)}
+            stats = {"rank": float(loss.detach())}
         else:  # a baseline: its own loss (models/baseline_losses.py)
             loss, stats = baseline_loss(head, self.tagger.head, groups, labels, targets)
         if cfg.distill_weight > 0:
             imagenet = self.tagger.transform_labels(self.raw_imagenet)  # [1000, D]
             student = self.tagger.score(groups, imagenet) * cfg.distill_student_scale
-            distill = distillation_loss(student, logits, cfg.distill_teacher_temperature,
+            distill = distillation_loss(student, logits.detach(), cfg.distill_teacher_temperature,
                                         keep_mask=self.imagenet_keep)
             stats["distill"] = float(distill)
             loss = loss + cfg.distill_weight * distill
@@ -261,7 +304,12 @@ class Trainer:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.tagger.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        backbone = {id(p) for p in self.tagger.backbone.parameters()} \
+            if cfg.finetune_backbone else set()
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for p in params if id(p) not in backbone], "lr": cfg.lr},
+             {"params": [p for p in params if id(p) in backbone], "lr": cfg.backbone_lr}],
+            weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(self.index) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
 
