@@ -304,12 +304,13 @@ class Trainer:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.tagger.parameters() if p.requires_grad]
-        backbone = {id(p) for p in self.tagger.backbone.parameters()} \
-            if cfg.finetune_backbone else set()
-        optimizer = torch.optim.AdamW(
-            [{"params": [p for p in params if id(p) not in backbone], "lr": cfg.lr},
-             {"params": [p for p in params if id(p) in backbone], "lr": cfg.backbone_lr}],
-            weight_decay=cfg.weight_decay)
+        groups = [{"params": params, "lr": cfg.lr}]
+        if cfg.finetune_backbone:  # a group of its own (only then: old train states resume)
+            backbone = {id(p) for p in self.tagger.backbone.parameters()}
+            groups = [{"params": [p for p in params if id(p) not in backbone], "lr": cfg.lr},
+                      {"params": [p for p in params if id(p) in backbone],
+                       "lr": cfg.backbone_lr}]
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(self.index) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
 

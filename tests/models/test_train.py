@@ -59,6 +59,10 @@ def test_fit_writes_calibration_data_and_resumes(synthetic: None, tmp_path: Path
     with np.load(tmp_path / "calibration.npz") as data:
         scores, targets = data["scores"], data["targets"]
     assert scores.shape == targets.shape and set(np.unique(targets)) == {0, 1}
+    # one optimizer group, the layout of train states written before end-to-end training
+    # existed (a second, empty group made them fail to resume)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert len(state["optimizer"]["param_groups"]) == 1
     # a longer run in the same directory continues from epoch 2
     again = Trainer(evidence_config(epochs=3, evidence_init="class_names"), tmp_path).fit()
     assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
