@@ -66,8 +66,7 @@ class DynamicBatcher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._closed = False
-        self._refusal = ""  # set by refuse_queued: why new and queued images are refused
+        self._refusal = ""  # once set (refuse_queued, close): why new images are refused
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ml2p-infer")
         self._task: asyncio.Task | None = None
 
@@ -82,8 +81,8 @@ class DynamicBatcher:
 
     async def submit(self, arrays: list[np.ndarray], deadline: float) -> list[BatchResult]:
         """Queue the images of one request; results in order. `deadline` is perf_counter()."""
-        if self._closed or self._refusal:
-            raise Unavailable(self._refusal or "the server is shutting down and takes no new work")
+        if self._refusal:
+            raise Unavailable(self._refusal)
         if len(self._queue) + len(arrays) > self.max_queue_size:
             raise QueueFull(
                 f"batch queue is full ({len(self._queue)} of {self.max_queue_size} images "
@@ -197,6 +196,9 @@ class DynamicBatcher:
         """Fail every queued image, and any submitted later, with Unavailable(message); the
         running batches finish. Returns how many images were refused."""
         self._refusal = message
+        return self._fail_queued(message)
+
+    def _fail_queued(self, message: str) -> int:
         refused = 0
         for item in self._queue:
             if not item.future.done():
@@ -209,13 +211,10 @@ class DynamicBatcher:
 
     async def close(self) -> None:
         """Stop dispatching and release the worker threads."""
-        self._closed = True
+        self._refusal = self._refusal or "the server is shutting down and takes no new work"
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(Unavailable("the server stopped"))
-        self._queue.clear()
+        self._fail_queued("the server stopped")
         self._executor.shutdown(wait=False, cancel_futures=True)
