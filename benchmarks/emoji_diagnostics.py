@@ -181,13 +181,18 @@ def sprite_features(styles: tuple[str, ...], threads: int, side: int = SPRITE_SI
     return features, catalog
 
 
-def seen_keyword_matrix(catalog: list, names: list[str], seen: np.ndarray) -> torch.Tensor:
-    """[emoji, labels] 1 where a seen label is one of the emoji's keywords."""
+def keyword_matrix(catalog: list, names: list[str]) -> np.ndarray:
+    """[emoji, labels] int8, 1 where the label is one of the emoji's keywords."""
     column = {name: i for i, name in enumerate(names)}
-    known = np.zeros((len(catalog), len(names)), np.float32)
+    targets = np.zeros((len(catalog), len(names)), np.int8)
     for row, emoji in enumerate(catalog):
-        known[row, [column[k] for k in emoji.keywords if k in column and seen[column[k]]]] = 1
-    return torch.from_numpy(known)
+        targets[row, [column[k] for k in emoji.keywords if k in column]] = 1
+    return targets
+
+
+def seen_keyword_matrix(catalog: list, names: list[str], seen: np.ndarray) -> torch.Tensor:
+    """[emoji, labels] float, 1 where a *seen* label is one of the emoji's keywords."""
+    return torch.from_numpy((keyword_matrix(catalog, names) * seen[None]).astype(np.float32))
 
 
 def transfer(similarity: torch.Tensor, known: torch.Tensor, labels: torch.Tensor,
@@ -225,10 +230,7 @@ def sprite_retrieval(labels: torch.Tensor, names: list[str], seen: np.ndarray,
     # zero-shot through the 5 nearest train-style sprites (the query's own emoji included:
     # every emoji is in the train scenes, only its unseen keywords are not labels)
     gallery = torch.cat([unit["google"], unit["twitter"]])  # [2N, E]
-    targets = (known > 0).numpy().astype(np.int8)
-    column = {name: i for i, name in enumerate(names)}
-    for row, emoji in enumerate(catalog):
-        targets[row, [column[k] for k in emoji.keywords if k in column]] = 1
+    targets = keyword_matrix(catalog, names)
     scores = transfer(unit["openmoji"] @ gallery.T, known.repeat(2, 1), labels, 5)
     metrics = evaluate_zsl_gzsl(scores, targets, names, seen, include="positive")
     chance = evaluate_zsl_gzsl(np.random.default_rng(0).random(scores.shape), targets, names,
