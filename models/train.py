@@ -15,8 +15,10 @@ import itertools
 import json
 import logging
 import math
+import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,7 +133,11 @@ def backbone_inputs(tagger: Tagger, split: SplitData, index: np.ndarray,
         return tuple(t.to(device) for t in taps), logits.to(device)
     if len(split.paths) != len(split.rows):
         raise ValueError(f"{split.name}: a fine-tuned backbone needs the image paths of the split")
-    images = np.stack([load_and_preprocess(str(split.paths[i])) for i in index])  # [B, 3, H, W]
+    # decoding threads (PIL releases the GIL): on a GPU machine a sequential decode of the
+    # batch would take longer than the training step itself
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 16)) as pool:
+        images = np.stack(list(pool.map(load_and_preprocess,
+                                        (str(split.paths[i]) for i in index))))  # [B, 3, H, W]
     *taps, logits = tagger.backbone.forward_all(torch.from_numpy(images).to(device))
     return tuple(taps), logits
 
