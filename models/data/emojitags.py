@@ -231,14 +231,28 @@ def background(rng: np.random.Generator, size: int = SCENE_SIZE) -> Image.Image:
     return Image.fromarray(noise.astype(np.uint8), "RGB").resize((size, size), Image.BICUBIC)
 
 
-def render_scene(rng: np.random.Generator, art: list[Image.Image],
-                 size: int = SCENE_SIZE) -> Image.Image:
+@dataclass(frozen=True)
+class SceneLayout:
+    """How emoji are placed in a scene; the defaults define EmojiTags (others are for
+    diagnostics, e.g. which factor makes the openmoji test scenes hard)."""
+
+    max_emoji: int = 4
+    scale: tuple[float, float] = (0.22, 0.6)  # an emoji's side, as a fraction of the scene's
+    max_rotation: float = 35.0  # degrees, either way
+    plain_background: bool = False  # white instead of solid / gradient / noise
+
+
+def render_scene(rng: np.random.Generator, art: list[Image.Image], size: int = SCENE_SIZE,
+                 layout: SceneLayout = SceneLayout()) -> Image.Image:
     """Paste each RGBA emoji at a random scale, rotation and position (overlaps allowed)."""
-    canvas = background(rng, size).convert("RGBA")
+    canvas = (Image.new("RGB", (size, size), "white") if layout.plain_background
+              else background(rng, size)).convert("RGBA")
     for image in art:
-        side = int(rng.uniform(0.22, 0.6) * size)
+        side = int(rng.uniform(*layout.scale) * size)
         sprite = image.resize((side, side), Image.BICUBIC)
-        sprite = sprite.rotate(float(rng.uniform(-35, 35)), Image.BICUBIC, expand=True)
+        if layout.max_rotation:
+            angle = float(rng.uniform(-layout.max_rotation, layout.max_rotation))
+            sprite = sprite.rotate(angle, Image.BICUBIC, expand=True)
         w, h = sprite.size
         x = int(rng.integers(-w // 4, size - 3 * w // 4 + 1))
         y = int(rng.integers(-h // 4, size - 3 * h // 4 + 1))
@@ -251,7 +265,8 @@ SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 
 
 def generate_scenes(catalog: list[Emoji], labels: list[str], out_dir: Path, split: str,
-                    count: int, seed: int = 0, max_emoji: int = 4) -> list[dict]:
+                    count: int, seed: int = 0, layout: SceneLayout = SceneLayout(),
+                    ) -> list[dict]:
     """Write `count` scenes of `split` as PNGs under out_dir/split; return their records."""
     styles = TEST_STYLES if split == "test" else TRAIN_STYLES
     column = {label: i for i, label in enumerate(labels)}
@@ -262,7 +277,8 @@ def generate_scenes(catalog: list[Emoji], labels: list[str], out_dir: Path, spli
     records = []
     for index in range(count):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-        chosen = rng.choice(len(usable), size=int(rng.integers(1, max_emoji + 1)), replace=False)
+        n_emoji = int(rng.integers(1, layout.max_emoji + 1))
+        chosen = rng.choice(len(usable), size=n_emoji, replace=False)
         art = []
         for pick in chosen:
             style = styles[int(rng.integers(len(styles)))]
@@ -270,7 +286,7 @@ def generate_scenes(catalog: list[Emoji], labels: list[str], out_dir: Path, spli
             if key not in art_cache:
                 art_cache[key] = load_art(usable[pick].art[style])
             art.append(art_cache[key])
-        scene = render_scene(rng, art)
+        scene = render_scene(rng, art, layout=layout)
         name = f"{split}/{index:05d}.png"
         scene.save(out_dir / name, compress_level=1)
         keywords = {k for pick in chosen for k in usable[pick].keywords if k in column}

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from data_fixtures import write_emoji_modules
+from PIL import Image
 
 from models.data import DatasetNotFoundError, load_dataset
-from models.data.emojitags import SPLIT_FILE, build_emojitags, make_split, read_catalog
+from models.data.emojitags import (
+    SPLIT_FILE,
+    SceneLayout,
+    build_emojitags,
+    generate_scenes,
+    make_split,
+    read_catalog,
+)
 from models.data.voc2007 import voc_label_names
 
 pytest.importorskip("resvg_py")  # openmoji art is SVG
@@ -58,6 +67,28 @@ def test_deterministic_for_a_seed(built) -> None:
                             modules=built["modules"], split_file=built["base"] / "split.json")
     assert json.loads((other / "labels.json").read_text())["splits"]["train"] != \
         first["splits"]["train"]
+
+
+def test_scene_layout_variants_keep_the_emoji_draw(built, tmp_path) -> None:
+    """A diagnostic layout changes how the emoji are drawn, not which emoji are chosen; the
+    default layout reproduces the built dataset."""
+    meta = json.loads((built["out"] / "labels.json").read_text())
+    catalog = read_catalog(built["modules"])
+    names = meta["label_names"]
+    default = generate_scenes(catalog, names, tmp_path / "default", "test", 4, seed=3)
+    assert default == meta["splits"]["test"]
+    assert (tmp_path / "default/test/00003.png").read_bytes() == \
+        (built["out"] / "test/00003.png").read_bytes()
+    plain = SceneLayout(max_emoji=1, scale=(0.3, 0.3), max_rotation=0, plain_background=True)
+    single = generate_scenes(catalog, names, tmp_path / "plain", "test", 4, seed=3, layout=plain)
+    assert all(len(r["emoji"]) == 1 for r in single)
+    with Image.open(tmp_path / "plain" / single[0]["file"]) as scene:
+        pixels = np.asarray(scene)
+    white = (pixels == 255).all(-1)
+    assert 0.5 < white.mean() < 1  # a white canvas with one 67-px upright emoji on it
+    upright = generate_scenes(catalog, names, tmp_path / "upright", "test", 4, seed=3,
+                              layout=SceneLayout(max_rotation=0))
+    assert [r["emoji"] for r in upright] == [r["emoji"] for r in default]
 
 
 def test_split_rules() -> None:
