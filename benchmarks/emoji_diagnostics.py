@@ -24,7 +24,7 @@ val: the same styles, test: held-out openmoji art) this measures, with the proje
 7. the same transfer inside the scenes, training-free (with `--sprites`): every position of
    the 7×7 stride-32 grid is matched against google + twitter prototypes of every emoji;
 8. which property of the test scenes costs the most (`--factors`, default on): the openmoji
-   test scenes are drawn again (same seed, same emoji) with one layout factor changed — one
+   test scenes are drawn again (same seed) with one layout factor changed — one
    emoji per scene, no rotation, a white background, larger emoji, all of these at once —
    and scored by the pooled zero-shot probe of 4. after `--factor-epochs` (its best epoch on
    val); the "as built" layout reproduces the test split itself.
@@ -295,7 +295,8 @@ def scene_factors(train: SplitData, labels: torch.Tensor, x_train: torch.Tensor,
                   standardise: tuple[torch.Tensor, torch.Tensor], y_train: torch.Tensor,
                   args: argparse.Namespace) -> dict:
     """ZSL / GZSL of the pooled zero-shot probe on the openmoji test scenes drawn again under
-    each of FACTOR_LAYOUTS (same dataset seed, so the same emoji in every scene)."""
+    each of FACTOR_LAYOUTS (the dataset's seed: the same emoji wherever a layout keeps the
+    number per scene)."""
     import onnxruntime as ort
 
     from models.data.base import resolve_root
@@ -457,7 +458,8 @@ def markdown(r: dict) -> str:
         f = r["scene_factors"]
         lines += [
             "Which property of the test scenes costs the most: the openmoji test scenes drawn "
-            f"again (dataset seed {f['dataset_seed']}, so the same emoji in every scene) with "
+            f"again (dataset seed {f['dataset_seed']}: the same emoji wherever the number per "
+            "scene is kept) with "
             "one layout factor changed, scored by the pooled zero-shot probe after "
             f"{f['probe_epochs']} epochs (as built: 1–4 emoji per scene, 0.22–0.6 of the side, "
             "rotated up to ±35°, solid / gradient / noise backgrounds).", "",
