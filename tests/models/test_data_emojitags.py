@@ -70,8 +70,8 @@ def test_deterministic_for_a_seed(built) -> None:
 
 
 def test_scene_layout_variants_keep_the_emoji_draw(built, tmp_path) -> None:
-    """A diagnostic layout changes how the emoji are drawn, not which emoji are chosen; the
-    default layout reproduces the built dataset."""
+    """The default layout reproduces the built dataset; another one is obeyed (one emoji, on
+    white) and, where it keeps the number of emoji per scene, keeps which emoji are drawn."""
     meta = json.loads((built["out"] / "labels.json").read_text())
     catalog = read_catalog(built["modules"])
     names = meta["label_names"]
