@@ -44,6 +44,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,6 +54,9 @@ from models.data.emojitags import SceneLayout
 from models.label_embedders import create_embedder
 from models.metrics import evaluate_zsl_gzsl, mean_average_precision
 from models.train import SplitData, load_split
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 BACKBONE = "efficientnet_lite0"
 SPRITE_SIDE = 150
@@ -164,23 +168,30 @@ def train_zero_shot_probe(model: ZeroShotProbe, data: dict, labels: torch.Tensor
     return curve
 
 
+def backbone_session(threads: int) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session of the packaged backbone (taps at strides 8/16/32, logits)."""
+    import onnxruntime
+
+    from models.features import backbone_onnx
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(backbone_onnx(BACKBONE)), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def sprite_features(styles: tuple[str, ...], threads: int, side: int = SPRITE_SIDE,
                     background: tuple[int, int, int] = (255, 255, 255)) -> tuple[dict, list]:
     """Every catalog emoji alone, centred at `side` px on `background`, per style:
     {"pooled": pooled stride-32 + stride-16 taps [N, 432], "centre": the stride-32 tap
     averaged over the 3×3 centre cells [N, 320], "image_mean": over all cells [N, 320]}."""
-    import onnxruntime as ort
     from PIL import Image
 
     from models.data.emojitags import fetch_art, load_art, read_catalog
-    from models.features import backbone_onnx
     from service.imaging import preprocess
 
     catalog = read_catalog(fetch_art())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(backbone_onnx(BACKBONE)), options,
-                                   providers=["CPUExecutionProvider"])
+    session = backbone_session(threads)
     offset = (224 - side) // 2
 
     def render(path: Path) -> np.ndarray:
@@ -297,8 +308,6 @@ def scene_factors(train: SplitData, labels: torch.Tensor, x_train: torch.Tensor,
     """ZSL / GZSL of the pooled zero-shot probe on the openmoji test scenes drawn again under
     each of FACTOR_LAYOUTS (the dataset's seed: the same emoji wherever a layout keeps the
     number per scene)."""
-    import onnxruntime as ort
-
     from models.data.base import resolve_root
     from models.data.emojitags import (
         ENV_ROOT,
@@ -307,22 +316,18 @@ def scene_factors(train: SplitData, labels: torch.Tensor, x_train: torch.Tensor,
         generate_scenes,
         read_catalog,
     )
-    from models.features import backbone_onnx
     from service.imaging import load_and_preprocess
 
     names = train.label_names
     meta = json.loads((resolve_root(None, ENV_ROOT, default_root()) / "labels.json").read_text())
-    catalog = [e for e in read_catalog(fetch_art()) if set(e.keywords) & set(names)]
+    catalog = read_catalog(fetch_art())  # generate_scenes keeps the emoji with a label
     seen = torch.from_numpy(train.seen)
     torch.manual_seed(args.seed)  # as for the probe of section 4: its curve at this epoch
     probe = ZeroShotProbe(x_train.shape[1], labels.shape[1])
     train_zero_shot_probe(probe, {"train": (x_train, train)}, labels, seen, y_train,
                           argparse.Namespace(zsl_epochs=args.factor_epochs,
                                              report_every=args.factor_epochs))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(backbone_onnx(BACKBONE)), options,
-                                   providers=["CPUExecutionProvider"])
+    session = backbone_session(args.threads)
     mean, std = standardise
     rng = np.random.default_rng(args.seed)
     report: dict = {"probe_epochs": args.factor_epochs, "dataset_seed": meta["seed"],
