@@ -23,12 +23,12 @@ proto:  ## generate the gRPC stubs into service/_generated/ (also done on first 
 model: $(DEFAULT_ARTIFACT)/manifest.json  ## build the default artifact from the committed weights (cached)
 
 $(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration.npz
-	$(PYTHON) -m service.cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) \
+	$(PYTHON) -m ml2p_cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) \
 		--calibration models/weights/default.calibration.npz \
 		--accuracy benchmarks/results/accuracy.json
 
 serve: install proto $(if $(filter $(DEFAULT_ARTIFACT),$(ML2P_MODEL)),model)  ## install if needed, then REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
-	$(PYTHON) -m service.cli serve
+	$(PYTHON) -m ml2p_cli serve
 
 test: install proto  ## the whole test-suite
 	$(PYTHON) -m pytest -q
@@ -51,4 +51,4 @@ compose-check: proto  ## check docker-compose.yml, docker/ against the code (+ r
 .PHONY: bench-paper
 BUDGET ?= small
 bench-paper:  ## the paper's comparison (ConSE/Fast0Tag/LESA/BiAM/ML2P, ablations, cost) → benchmarks/results/paper_comparison.*
-	$(PYTHON) -m service.cli bench paper --budget $(BUDGET) $(ARGS)
+	$(PYTHON) -m ml2p_cli bench paper --budget $(BUDGET) $(ARGS)

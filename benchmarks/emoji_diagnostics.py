@@ -187,8 +187,8 @@ def sprite_features(styles: tuple[str, ...], threads: int, side: int = SPRITE_SI
     averaged over the 3×3 centre cells [N, 320], "image_mean": over all cells [N, 320]}."""
     from PIL import Image
 
+    from artifact.imaging import preprocess
     from models.data.emojitags import fetch_art, load_art, read_catalog
-    from service.imaging import preprocess
 
     catalog = read_catalog(fetch_art())
     session = backbone_session(threads)
@@ -308,6 +308,7 @@ def scene_factors(train: SplitData, labels: torch.Tensor, x_train: torch.Tensor,
     """ZSL / GZSL of the pooled zero-shot probe on the openmoji test scenes drawn again under
     each of FACTOR_LAYOUTS (the dataset's seed: the same emoji wherever a layout keeps the
     number per scene)."""
+    from artifact.imaging import load_and_preprocess
     from models.data.base import resolve_root
     from models.data.emojitags import (
         ENV_ROOT,
@@ -316,7 +317,6 @@ def scene_factors(train: SplitData, labels: torch.Tensor, x_train: torch.Tensor,
         generate_scenes,
         read_catalog,
     )
-    from service.imaging import load_and_preprocess
 
     names = train.label_names
     meta = json.loads((resolve_root(None, ENV_ROOT, default_root()) / "labels.json").read_text())
@@ -494,7 +494,7 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--probe-epochs", type=int, default=30)
     parser.add_argument("--zsl-epochs", type=int, default=20)
@@ -510,7 +510,7 @@ def main() -> None:
                         help="epochs of the pooled probe that scores them (its best on val)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/emoji_diagnostics.json")
-    run(parser.parse_args())
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Engine benchmark: latency at batch 1 and throughput at batch 32 for every engine / variant
 available here, with GFLOPs per image and the accuracy delta vs the fp32 graph.
 
-    python benchmarks/engines.py [--model models/zoo/default] [--runs 20] [--threads 2]
+    python -m benchmarks.engines [--model models/zoo/default] [--runs 20] [--threads 2]
 
 Writes benchmarks/results/engines.json and engines.md. Without --model it uses
 models/zoo/default when present, else exports an untrained seeded Tagger to a temp dir (said in
@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def timed(fn, x, runs: int) -> dict:  # noqa: ANN001
@@ -51,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from artifact.loader import load_artifact
     from models.export import (
         export_artifact,
         sample_images,
@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> dict:
         top5_agreement,
         vocabulary_texts,
     )
-    from service.artifact import load_artifact
     from service.settings import Settings
 
     art = args.model or REPO / "models" / "zoo" / "default"

@@ -1,6 +1,6 @@
 """Make the bundle that `benchmarks/gpu_check.sh` carries to a GPU machine (run it HERE).
 
-    python benchmarks/gpu_reference.py [--checkpoint PATH] [--out benchmarks/gpu_bundle]
+    python -m benchmarks.gpu_reference [--checkpoint PATH] [--out benchmarks/gpu_bundle]
 
 The GPU machine has Python 3.12 + torch (CUDA) and only the repository: no onnxruntime,
 tokenizers, sentence-transformers or EfficientNet packages, no internet. So the bundle holds
@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -21,7 +21,7 @@ raising counts as ERROR. Both loops first send `warmup` requests that are not co
 
 The served systems are driven from a separate process on loopback (`run_loadgen`):
 
-    python benchmarks/loadgen.py --protocol rest|grpc|triton --target URL --duration S \\
+    python -m benchmarks.loadgen --protocol rest|grpc|triton --target URL --duration S \\
         --max-requests N (--concurrency C | --rate R [--arrivals poisson] [--seed 0]
         [--max-in-flight 256] [--drain-timeout 60]) [--labels 20]
 
@@ -53,12 +53,12 @@ Send = Callable[[int], Awaitable[str]]
 _WORDS = ("dog cat person car bicycle bird boat bottle bus chair cow table horse motorbike plant "
           "sheep sofa train monitor tree sky grass water beach road street house city flower "
           "mountain snow sunset food")
-WORDS = _WORDS.split()
+LABEL_WORDS = _WORDS.split()
 
 
 def labels(n: int) -> list[str]:
     """n distinct candidate labels: words, then two-word phrases, then numbered ones."""
-    pool = WORDS + [f"{a} {b}" for a in WORDS for b in WORDS if a != b]
+    pool = LABEL_WORDS + [f"{a} {b}" for a in LABEL_WORDS for b in LABEL_WORDS if a != b]
     return pool[:n] + [f"label {i}" for i in range(n - len(pool))]
 
 
@@ -407,7 +407,7 @@ async def _generate(protocol: str, target: str, load: Load, n_labels: int) -> di
 
 def run_loadgen(protocol: str, target: str, load: Load, n_labels: int = 20) -> dict:
     """One point of `load` from a separate load-generator process; its summary."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--protocol", protocol,
+    command = [sys.executable, "-m", "benchmarks.loadgen", "--protocol", protocol,
                "--target", target, "--labels", str(n_labels), *load.argv()]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                           timeout=load.timeout())
@@ -431,7 +431,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     load = Load(args.duration, args.max_requests, concurrency=args.concurrency, rate=args.rate,
                 arrivals=args.arrivals, seed=args.seed, max_in_flight=args.max_in_flight,
                 drain_timeout=args.drain_timeout)

@@ -5,27 +5,26 @@ decode + preprocess + the same ONNX Runtime engine on a batch of one, no batchin
 Label embeddings are cached per label list (`functools.lru_cache`), so the comparison with
 the service measures batching and request handling, not label encoding.
 
-    python benchmarks/naive_server.py --model DIR --port 8010
+    python -m benchmarks.naive_server --model DIR --port 8010
 Accepts the service's multipart form (`image` file, `labels` JSON array) on POST /v1/tag.
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the endpoint annotations, which
-# are imported inside create_app
+# are imported inside create_naive_app
 import argparse
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def create_app(model: str | Path):
+def create_naive_app(model: str | Path):
     from fastapi import FastAPI, Form, HTTPException, UploadFile
 
-    from service.artifact import load_artifact
-    from service.engine.scoring import rank, score
-    from service.imaging import ImageDecodeError, decode_image, preprocess
+    from artifact.imaging import ImageDecodeError, decode_image, preprocess
+    from artifact.loader import load_artifact
+    from service.pipeline.scoring import rank, score
     from service.runtime import create_engine
     from service.settings import Settings
 
@@ -64,10 +63,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8010)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     import uvicorn
 
-    uvicorn.run(create_app(args.model), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(create_naive_app(args.model), host=args.host, port=args.port, log_level="warning",
                 access_log=False)
 
 

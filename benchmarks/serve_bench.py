@@ -27,10 +27,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from service.cli import bench_module
+from benchmarks import loadgen
 
 REPO = Path(__file__).resolve().parents[1]
-lg = bench_module("loadgen")  # the closed / open loops and the load-generator process
 
 
 # --- raw in-process pipeline ---------------------------------------------------------------
@@ -38,9 +37,9 @@ def bench_raw(model: Path, load, labels: list[str], images: list[bytes]) -> dict
     """One point of `load` (a loadgen.Load) on decode + preprocess + engine + scoring in this
     process: the same loops as the served systems, each request run on a thread (C threads
     closed loop, up to max_in_flight open loop)."""
-    from service.artifact import load_artifact
-    from service.engine.scoring import rank, score
-    from service.imaging import decode_image, preprocess
+    from artifact.imaging import decode_image, preprocess
+    from artifact.loader import load_artifact
+    from service.pipeline.scoring import rank, score
     from service.runtime import create_engine
     from service.settings import Settings
 
@@ -53,12 +52,12 @@ def bench_raw(model: Path, load, labels: list[str], images: list[bytes]) -> dict
     def pipeline(k: int) -> str:
         x = preprocess(decode_image(images[k % len(images)], target_size=spec.size), spec)
         rank(score(engine.encode_images(x[None]), matrix)[0], labels)
-        return lg.OK
+        return loadgen.OK
 
     async def point() -> dict:
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(load.concurrency or load.max_in_flight) as pool:
-            return await lg.drive(lambda k: loop.run_in_executor(pool, pipeline, k), load)
+            return await loadgen.drive(lambda k: loop.run_in_executor(pool, pipeline, k), load)
 
     return asyncio.run(point())
 
@@ -76,13 +75,13 @@ def _metric_sum(url: str, name: str) -> float:
 def _start_server(model: Path, workdir: Path) -> tuple[subprocess.Popen, str, str]:
     import httpx
 
-    from service.testing import free_port
+    from artifact.testing import free_port
 
     http_port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "ML2P_API_KEY"}
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(model),
+        [sys.executable, "-m", "ml2p_cli", "serve", "--model", str(model),
          "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning",
          "--vocab-dir", str(workdir / "vocabularies")],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -108,19 +107,38 @@ def _resolve_model(given: str | None, workdir: Path) -> Path:
         return Path(candidate)
     if given:
         raise SystemExit(f"no artifact at {given}")
-    from service.testing import write_tiny_artifact
+    from artifact.testing import write_tiny_artifact
 
     print("no artifact given (--model / ML2P_MODEL): using a tiny generated test model")
     return write_tiny_artifact(workdir / "tiny")
 
 
 def _closed(args: argparse.Namespace, concurrency: int):
-    return lg.Load(args.duration, args.max_requests, concurrency=concurrency)
+    return loadgen.Load(args.duration, args.max_requests, concurrency=concurrency)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, duration: float) -> None:
+    """The model and closed-loop flags `ml2p bench serve` and `serve-compare` share."""
+    parser.add_argument("--model", help="artifact dir (default: ML2P_MODEL, else a tiny "
+                                        "generated test model)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per point")
+    parser.add_argument("--max-requests", type=int, default=2000, help="cap per point")
+    parser.add_argument("--labels", type=int, default=20, help="candidate labels per request")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `ml2p bench serve`."""
+    add_load_arguments(parser, duration=5.0)
+    parser.add_argument("--protocols", nargs="+", default=["raw", "rest", "grpc"],
+                        choices=["raw", "rest", "grpc"])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve.json"))
+    parser.add_argument("--note", default="", help="context recorded with the results")
 
 
 def run(args: argparse.Namespace) -> int:
-    images = lg.images()
-    labels = lg.labels(args.labels)
+    images = loadgen.images()
+    labels = loadgen.labels(args.labels)
     with tempfile.TemporaryDirectory(prefix="ml2p-bench-") as tmp:
         workdir = Path(tmp)
         model = _resolve_model(args.model, workdir)
@@ -140,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                         before = (_metric_sum(url, "ml2p_batch_size_sum"),
                                   _metric_sum(url, "ml2p_batch_size_count"))
                         target = url if protocol == "rest" else grpc_target
-                        result = lg.run_loadgen(protocol, target, _closed(args, c),
+                        result = loadgen.run_loadgen(protocol, target, _closed(args, c),
                                                 args.labels)
                         after = (_metric_sum(url, "ml2p_batch_size_sum"),
                                  _metric_sum(url, "ml2p_batch_size_count"))
@@ -205,3 +223,13 @@ def _markdown(report: dict) -> str:
                      f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
                      f"{r.get('mean_batch_size') or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ml2p bench serve", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,13 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.cli import bench_module
+from benchmarks import loadgen, serve_bench
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = Path(os.environ.get("ML2P_PEER_VENV", Path.home() / ".cache/ml2p/peer-venv"))
 SYSTEMS = ("raw", "rest", "grpc", "naive", "triton")
-sb = bench_module("serve_bench")
-lg = bench_module("loadgen")  # the closed / open loops, the load-generator process
 
 
 # --- process accounting --------------------------------------------------------------------
@@ -130,11 +128,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 # --- servers -------------------------------------------------------------------------------
 def _start_naive(model: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
-    from service.testing import free_port
+    from artifact.testing import free_port
 
     port = free_port()
     log = workdir / "naive.log"
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "naive_server.py"),
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server",
                              "--model", str(model), "--port", str(port)], cwd=REPO,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -151,10 +149,10 @@ def _peer_python() -> Path:
 
 def _start_triton(model: Path, labels: list[str], workdir: Path
                   ) -> tuple[subprocess.Popen, str, str]:
-    from service.artifact import load_artifact
+    from artifact.loader import load_artifact
+    from artifact.testing import free_port
     from service.runtime import create_engine
     from service.settings import Settings
-    from service.testing import free_port
 
     python = _peer_python()
     engine = create_engine(Settings(model=model), load_artifact(model))
@@ -167,10 +165,11 @@ def _start_triton(model: Path, labels: list[str], workdir: Path
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"]
                                        if env.get("LD_LIBRARY_PATH") else "")
+    env["PYTHONPATH"] = str(REPO)  # the peer venv imports artifact.imaging from the checkout
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = workdir / "triton.log"
     proc = subprocess.Popen(
-        [str(python), str(REPO / "benchmarks" / "peer" / "triton_server.py"), "--model",
+        [str(python), "-m", "benchmarks.peer.triton_server", "--model",
          str(model), "--label-matrix", str(matrix_path), "--http-port", str(http),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
         cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -191,19 +190,19 @@ def _point(system: str, fields: dict, pid: int, load, metrics_before, metrics_af
            "loadgen_cpu_s": round(_children_cpu() - gen0, 2),
            "server_peak_rss_mb": _peak_rss_mb(pid)}
     row.update(_batch_fields(system, before, after))
-    sb._print_row(row)
+    serve_bench._print_row(row)
     return row
 
 
 def _raw_point(model: Path, load, labels: list[str], images: list[bytes], fields: dict) -> dict:
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = sb.bench_raw(model, load, labels, images)
+    result = serve_bench.bench_raw(model, load, labels, images)
     row = {"system": "raw", **fields, **result,
            "server_cpu_cores": round((time.process_time() - cpu0)
                                      / (time.perf_counter() - t0), 2),
            "server_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                        / 1024, 1)}
-    sb._print_row(row)
+    serve_bench._print_row(row)
     return row
 
 
@@ -236,7 +235,7 @@ TRITON_METRICS = ["nv_inference_request_success", "nv_inference_exec_count",
 def _start(system: str, model: Path, labels: list[str], workdir: Path):
     """Start a served system: (process, load-generator protocol, its target, metrics())."""
     if system in ("rest", "grpc"):
-        proc, url, grpc_target = sb._start_server(model, workdir)
+        proc, url, grpc_target = serve_bench._start_server(model, workdir)
         return (proc, system, url if system == "rest" else grpc_target,
                 lambda: _metrics(url, SERVICE_METRICS))
     if system == "naive":
@@ -250,17 +249,15 @@ def _measure_served(system: str, proc: subprocess.Popen, protocol: str, target: 
                     n_labels: int):
     def measure(load, fields: dict) -> dict:
         return _point(system, fields, proc.pid,
-                      lambda: lg.run_loadgen(protocol, target, load, n_labels), metrics, metrics)
+                      lambda: loadgen.run_loadgen(protocol, target, load, n_labels), metrics,
+                      metrics)
     return measure
 
 
-def _numbers(values) -> list[float]:
-    """--open-loop-rates / --open-loop-fractions as parsed: numbers, or lists of them (each
-    argument may be comma separated)."""
-    out: list = []
-    for value in values or []:
-        out.extend(value if isinstance(value, list | tuple) else [value])
-    return [float(x) for x in out]
+def _numbers(values: list[str] | None) -> list[float]:
+    """--open-loop-rates / --open-loop-fractions as given: each argument may hold several
+    numbers, comma separated ("20,40 60" -> [20.0, 40.0, 60.0])."""
+    return [float(part) for value in values or [] for part in value.split(",") if part.strip()]
 
 
 def open_loop_rates(args: argparse.Namespace, rows: list[dict]) -> list[tuple[float, float | None]]:
@@ -280,9 +277,33 @@ def open_loop_rates(args: argparse.Namespace, rows: list[dict]) -> list[tuple[fl
     return [(round(fraction * peak, 2), fraction) for fraction in fractions]
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `ml2p bench serve-compare`."""
+    serve_bench.add_load_arguments(parser, duration=3.0)
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--open-loop-rates", nargs="+", metavar="RPS",
+                        help="open-loop offered rates in req/s, the same for every system "
+                             "(comma or space separated); instead of --open-loop-fractions")
+    parser.add_argument("--open-loop-fractions", nargs="*", metavar="F",
+                        default=["0.5,0.9,1.2"],
+                        help="open-loop offered rates as fractions of the raw pipeline's "
+                             "closed-loop peak in this run, the same req/s for every system "
+                             "(default 0.5,0.9,1.2; given with no value: no open loop)")
+    parser.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson",
+                        help="open-loop inter-arrival times")
+    parser.add_argument("--seed", type=int, default=0, help="open-loop arrival schedule seed")
+    parser.add_argument("--max-in-flight", type=int, default=256,
+                        help="open-loop cap on outstanding requests (over it: dropped)")
+    parser.add_argument("--extras", action="store_true",
+                        help="also label scaling (1-10,000 labels) and image decoding (0.3-12 MP)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" /
+                                             "serve_compare.json"))
+    parser.add_argument("--note", default="", help="context recorded with the results")
+
+
 def run(args: argparse.Namespace) -> int:
-    images = lg.images()
-    labels = lg.labels(args.labels)
+    images = loadgen.images()
+    labels = loadgen.labels(args.labels)
     rows: list[dict] = []
     open_rows: list[dict] = []
     skipped: dict[str, str] = {}
@@ -293,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ml2p-compare-") as tmp:
         workdir = Path(tmp)
-        model = sb._resolve_model(args.model, workdir)
+        model = serve_bench._resolve_model(args.model, workdir)
         manifest = json.loads((model / "manifest.json").read_text())
         for system in systems:
             proc = None
@@ -312,10 +333,10 @@ def run(args: argparse.Namespace) -> int:
                 measure = _measure_served(system, proc, protocol, target, metrics, args.labels)
             try:
                 for c in args.concurrency:
-                    rows.append(measure(lg.Load(args.duration, args.max_requests,
+                    rows.append(measure(loadgen.Load(args.duration, args.max_requests,
                                                 concurrency=c), {"concurrency": c}))
                 for rate, fraction in open_loop_rates(args, rows):
-                    load = lg.Load(args.duration, args.max_requests, rate=rate,
+                    load = loadgen.Load(args.duration, args.max_requests, rate=rate,
                                    arrivals=args.arrivals, seed=args.seed,
                                    max_in_flight=args.max_in_flight)
                     open_rows.append(measure(load, {"fraction_of_raw_peak": fraction}))
@@ -346,13 +367,13 @@ def run(args: argparse.Namespace) -> int:
         rates = open_loop_rates(args, rows)
         report["open_loop"] = {
             "arrivals": args.arrivals, "seed": args.seed, "max_in_flight": args.max_in_flight,
-            "drain_timeout_s": lg.Load.drain_timeout,
+            "drain_timeout_s": loadgen.Load.drain_timeout,
             "rates_rps": [rate for rate, _ in rates],
             "fractions_of_raw_peak": [f for _, f in rates] if rates[0][1] is not None else None,
             "raw_closed_loop_peak_rps": _peak(rows, "raw") or None,
             "results": open_rows}
     report["goals"] = goals(rows)
-    return sb._write_report(Path(args.out), report, markdown)
+    return serve_bench._write_report(Path(args.out), report, markdown)
 
 
 # --- label scaling and image decoding (in-process, --extras) --------------------------------
@@ -360,8 +381,8 @@ def label_scaling(model: Path, counts=(1, 100, 1000, 10000), repeats: int = 30) 
     """Per count: cold embedding time (engine.encode_labels on a fresh list), warm per-image
     scoring time (score + rank against the cached matrix) and the whole warm per-image time
     (visual graph + scoring; decode excluded)."""
-    from service.artifact import load_artifact
-    from service.engine.scoring import rank, score
+    from artifact.loader import load_artifact
+    from service.pipeline.scoring import rank, score
     from service.runtime import create_engine
     from service.settings import Settings
 
@@ -372,7 +393,7 @@ def label_scaling(model: Path, counts=(1, 100, 1000, 10000), repeats: int = 30) 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     out = []
     for n in counts:
-        labels = lg.labels(n)  # the engine has no cache: every call is cold
+        labels = loadgen.labels(n)  # the engine has no cache: every call is cold
         t0 = time.perf_counter()
         matrix = engine.encode_labels(labels)
         cold = time.perf_counter() - t0
@@ -398,7 +419,7 @@ def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
     """decode_image + preprocess time for 0.3 / 3 / 12 MP JPEG and PNG (textured photos)."""
     from PIL import Image
 
-    from service.imaging import Preprocessing, decode_image, preprocess
+    from artifact.imaging import Preprocessing, decode_image, preprocess
 
     spec = Preprocessing(size=size)
     rng = np.random.default_rng(0)
@@ -578,3 +599,14 @@ def markdown(report: dict) -> str:
     if report.get("reading"):  # written after the run, by whoever read the numbers
         lines += ["", "## Reading", "", report["reading"]]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ml2p bench serve-compare",
+                                     description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,62 +1,18 @@
-"""Training-side `ml2p` subcommands: data, train, eval, export, bench paper.
+"""Training-side `ml2p` sub-commands: data, train, eval, export.
 
-Imported lazily by `service.cli`; torch is only imported inside the command functions.
+Registered by `ml2p_cli` when the training side is installed; torch is only imported inside
+the command functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import logging
 from pathlib import Path
 
-RECIPES = Path(__file__).parent / "recipes"
-WEIGHTS = Path(__file__).parent / "weights"
+from models.recipes import apply_overrides, load_recipe
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_recipe(name_or_path: str) -> dict:
-    """A training recipe by name (models/recipes/NAME.json) or path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPES / f"{name_or_path}.json"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
-        raise SystemExit(f"no recipe {name_or_path!r} (expected a JSON file; known: {known})")
-    recipe = json.loads(path.read_text())
-    if "base" in recipe:  # an override set: {"base": NAME, "description": ..., "set": {...}}
-        base = load_recipe(recipe["base"])
-        return apply_override_dict(base, recipe.get("set", {}))
-    return recipe
-
-
-def apply_override_dict(recipe: dict, overrides: dict) -> dict:
-    """Dotted-key overrides (`{"model.head_kwargs.groups": 3}`) applied to a copy of `recipe`."""
-    recipe = copy.deepcopy(recipe)
-    for key, value in overrides.items():
-        target = recipe
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = copy.deepcopy(value)
-    return recipe
-
-
-def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
-    """`key=value` / `model.dim=64` overrides; values parsed as JSON when they parse."""
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        target = recipe
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return recipe
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -119,12 +75,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     del report
 
 
-def cmd_bench_paper(args: argparse.Namespace) -> None:
-    from models.bench_paper import run
-
-    run(args)
-
-
 def cmd_export(args: argparse.Namespace) -> None:
     from models.export import export_artifact
 
@@ -134,10 +84,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"artifact: {path}")
 
 
-def add_commands(subparsers: argparse._SubParsersAction,
-                 bench: argparse._SubParsersAction | None = None) -> None:
-    """Register the training-side subcommands on the `ml2p` parser (and `bench paper` on the
-    `bench` subcommand group when one is given)."""
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the training-side sub-commands on the `ml2p` parser."""
     data = subparsers.add_parser("data", help="build or check a dataset")
     data.add_argument("dataset", choices=["emojitags", "voc2007"])
     data.add_argument("--seed", type=int, default=0)
@@ -178,53 +126,3 @@ def add_commands(subparsers: argparse._SubParsersAction,
     export.add_argument("--variants", default="fp16,int8",
                         help="extra visual graphs, comma-separated (fp16, int8; '' for none)")
     export.set_defaults(func=cmd_export)
-
-    if bench is not None:
-        paper = bench.add_parser("paper", help="the paper's comparison: ConSE, Fast0Tag, LESA, "
-                                 "BiAM beside ML2P (accuracy, params, GFLOPs, latency)")
-        add_bench_paper_args(paper)
-        paper.set_defaults(func=cmd_bench_paper)
-
-
-def add_bench_paper_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budget", choices=["small", "full"], default="small",
-                        help="small: every run at the small epoch budget; full: the recipes' "
-                             "epochs and 3 seeds for the main methods (ablations stay small)")
-    parser.add_argument("--seeds", type=int, nargs="+",
-                        help="training seeds of the main methods (default: 0 small, 0 1 2 full)")
-    parser.add_argument("--ml2p-checkpoint", nargs="+", metavar="CKPT",
-                        help="use these default-model checkpoints for the ML2P row instead of "
-                             "training the default recipe through the cache")
-    parser.add_argument("--methods", nargs="+", metavar="NAME",
-                        choices=["conse", "conse-all", "fast0tag", "lesa", "biam", "ml2p"],
-                        help="only these main methods (default: all)")
-    parser.add_argument("--no-ablations", action="store_true", help="skip the ML2P ablations")
-    parser.add_argument("--no-paper-config", action="store_true",
-                        help="skip the VGG19-BN paper-configuration cost measurement")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per latency point")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for training and timing")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="checkpoints trained at once, each in its own process with "
-                             "--threads threads (e.g. --jobs 2 on 2 cores)")
-    parser.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
-                        help="latency on the exported ONNX graphs in onnxruntime (the serving "
-                             "engine) or in PyTorch eager")
-    parser.add_argument("--bootstrap", type=int, default=200,
-                        help="bootstrap resamples of test images for the mAP intervals")
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/paper_comparison.json"))
-    parser.add_argument("--train-only", action="store_true",
-                        help="train (or find) every checkpoint and stop")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Standalone entry (the `ml2p` CLI normally registers these commands itself)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="ml2p-train")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.func(args)
-
-
-if __name__ == "__main__":
-    main()

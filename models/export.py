@@ -12,8 +12,8 @@
 - `tagger.pt`: the checkpoint itself (head + label transform, a few MB) for the torch engine;
 - optional `visual.fp16.onnx` (fp16 weights and compute, float32 I/O) and `visual.int8.onnx`
   (static QDQ int8, calibrated on real images), each with top-5 agreement and speed;
-- `manifest.json` (schema: `service.artifact.Manifest`), GFLOPs counted from the graphs by
-  `models.flops.count_flops` (1 multiply-add = 2 FLOPs).
+- `manifest.json`, built through the schema `artifact.manifest.Manifest`; GFLOPs counted from
+  the graphs by `models.flops.count_flops` (the convention of `artifact.gflops`).
 """
 
 from __future__ import annotations
@@ -24,16 +24,30 @@ import logging
 import re
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from artifact.gflops import CONVENTION as FLOPS_CONVENTION
+from artifact.imaging import Preprocessing, load_and_preprocess
+from artifact.loader import load_artifact
+from artifact.manifest import (
+    Calibration,
+    GflopsSpec,
+    Manifest,
+    PreprocessingSpec,
+    Variant,
+    VariantAgreement,
+)
+from artifact.tokenizer import LabelTokenizer
+from artifact.vocabularies import read_json
+from models.data.base import SHARED_DATA, cache_root
+from models.provenance import git_commit
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 OPSET = 17
 VARIANT_NOTES = {
@@ -42,10 +56,6 @@ VARIANT_NOTES = {
     "int8": "backbone int8 QDQ (per-channel weights, uint8 activations, MinMax calibration on "
             "32 VOC train images); head float32",
 }
-FORMAT = "ml2p-artifact/1"
-FLOPS_NOTE = ("1 multiply-add = 2 FLOPs; counted from the exported graphs: Conv/MatMul/Gemm "
-              "(attention matmuls included); elementwise ops, pooling and normalisation not "
-              "included (given apart as elementwise_gflops)")
 
 
 # ------------------------------------------------------------------ loading
@@ -142,8 +152,7 @@ def emojitags_labels() -> tuple[list[str], str]:
     the committed split file names (its protected, forced-unseen and unseen keywords)."""
     import os
 
-    cache = Path(os.environ.get("ML2P_CACHE_DIR", Path.home() / ".cache" / "ml2p"))
-    built = Path(os.environ.get("ML2P_EMOJITAGS_ROOT", cache / "emojitags")) / "labels.json"
+    built = Path(os.environ.get("ML2P_EMOJITAGS_ROOT", cache_root() / "emojitags")) / "labels.json"
     if built.exists():
         return list(json.loads(built.read_text())["label_names"]), "EmojiTags labels.json"
     split_file = ASSETS / "emojitags_split.json"
@@ -157,45 +166,28 @@ def emojitags_labels() -> tuple[list[str], str]:
 
 def vocabulary_texts() -> tuple[list[str], str]:
     """VOC label texts + EmojiTags labels, deduplicated in order; and where they came from."""
-    voc = json.loads((ASSETS / "voc_classes.json").read_text())
+    voc = read_json("voc_classes.json")
     emoji, source = emojitags_labels()
     texts = list(dict.fromkeys([c["label"] for c in voc["classes"]] + emoji))
     return texts, f"VOC voc_classes.json + {source}"
 
 
-def median_token_length(tokenizer_path: str | Path, texts: Sequence[str]) -> int:
-    from tokenizers import Tokenizer
+def _tokenizer(tokenizer_path: str | Path) -> LabelTokenizer:
+    """The serving tokenizer without its token limit (the exporter tokenises known labels)."""
+    return LabelTokenizer(tokenizer_path, max_tokens=1 << 20)
 
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    tok.no_truncation()
-    tok.no_padding()
-    lengths = [len(e.ids) for e in tok.encode_batch(list(texts))]
-    return int(round(statistics.median(lengths)))
+
+def median_token_length(tokenizer_path: str | Path, texts: Sequence[str]) -> int:
+    return int(round(statistics.median(_tokenizer(tokenizer_path).count(list(texts)))))
 
 
 def tokenize(tokenizer_path: str | Path, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Serving-identical tokenisation: pad to the longest with [PAD], mask 1 on real tokens."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    tok.no_truncation()
-    tok.no_padding()
-    enc = tok.encode_batch(list(texts))
-    width = max(len(e.ids) for e in enc)
-    ids = np.zeros((len(enc), width), np.int64)
-    mask = np.zeros((len(enc), width), np.int64)
-    pad = tok.token_to_id("[PAD]") or 0
-    ids[:] = pad
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
-    return ids, mask
+    return _tokenizer(tokenizer_path)(list(texts))
 
 
 def sample_images(n: int, split: str = "val", offset: int = 0, seed: int = 0) -> np.ndarray:
-    """`n` real VOC images through service.imaging (random images if VOC is not present)."""
-    from service.imaging import Preprocessing, load_and_preprocess
-
+    """`n` real VOC images through artifact.imaging (random images if VOC is not present)."""
     root = _voc_root() / "images" / split
     paths = sorted(root.glob("*.jpg"))[offset: offset + n] if root.is_dir() else []
     if len(paths) < n:
@@ -209,7 +201,7 @@ def sample_images(n: int, split: str = "val", offset: int = 0, seed: int = 0) ->
 def _voc_root() -> Path:
     import os
 
-    return Path(os.environ.get("ML2P_VOC_ROOT", REPO.parent / "shared" / "data" / "voc2007"))
+    return Path(os.environ.get("ML2P_VOC_ROOT", SHARED_DATA / "voc2007"))
 
 
 # ------------------------------------------------------------------ calibration
@@ -358,14 +350,6 @@ def time_session(sess, images: np.ndarray, batch: int, runs: int) -> dict:  # no
 # ------------------------------------------------------------------ the artifact
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance is best effort
-        return None
-
-
 def _load_json(value) -> dict:  # noqa: ANN001
     if value is None:
         return {}
@@ -394,7 +378,6 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
 
     from models.label_embedders import embedder_from_config
     from models.tagger import Tagger, save_checkpoint
-    from service.imaging import Preprocessing
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -431,46 +414,44 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
     f_lab = count_flops(out / "text.onnx", {"input_ids": (1, label_tokens),
                                            "attention_mask": (1, label_tokens)})
 
-    manifest: dict = {
-        "format": FORMAT,
-        "name": name or cfg.get("name", "ml2p"),
-        "version": version or str(cfg.get("version", "0.1.0")),
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "backbone": cfg["backbone"],
-        "head": cfg["head"],
-        "input_size": size,
-        "preprocessing": Preprocessing(size=size).to_manifest(),
-        "groups": groups,
-        "dim": dim,
-        "label_embedder": {**embedder.to_config(), "embed_dim": int(cfg["embed_dim"]),
-                           "max_tokens": int(getattr(embedder, "max_length", 256)),
-                           "pooling": "mean over attention mask, L2-normalised",
-                           "label_transform": "normalize(P · normalize(e − μ))"},
-        "files": {"visual": "visual.onnx", "text": "text.onnx", "tokenizer": "tokenizer.json",
-                  "checkpoint": "tagger.pt"},
-        "io": {"visual": {"inputs": {"image": ["N", 3, size, size]},
-                          "outputs": {"groups": ["N", groups, dim]}},
-               "text": {"inputs": {"input_ids": ["N", "T"], "attention_mask": ["N", "T"]},
-                        "outputs": {"embedding": ["N", dim]}},
-               "opset": OPSET},
-        "gflops": {"image": f_img.gflops, "label": f_lab.gflops, "label_tokens": label_tokens,
-                   "label_tokens_rule": f"median token length (incl. [CLS]/[SEP]) of the VOC + "
-                                        f"EmojiTags vocabulary ({len(vocab)} labels: "
-                                        f"{vocab_source})",
-                   "image_elementwise": f_img.elementwise_flops / 1e9,
-                   "label_elementwise": f_lab.elementwise_flops / 1e9,
-                   "scoring_per_label_per_image": 2 * groups * dim / 1e9,
-                   "convention": FLOPS_NOTE},
-        "calibration": None,
-        "accuracy": _load_json(accuracy),
-        "provenance": {**(getattr(tagger, "provenance", None) or {}), **dict(provenance or {}),
-                       "export_commit": _git_commit(),
-                       "exporter": f"torch {torch.__version__} TorchScript exporter, onnx "
-                                   f"{onnx.__version__}, opset {OPSET}"},
-        "variants": {},
-    }
-    if calibration_data is not None:
-        manifest["calibration"] = fit_calibration(*_calibration_arrays(calibration_data))
+    manifest = Manifest(
+        name=name or cfg.get("name", "ml2p"),
+        version=version or str(cfg.get("version", "0.1.0")),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        backbone=cfg["backbone"],
+        head=cfg["head"],
+        input_size=size,
+        preprocessing=PreprocessingSpec.of(Preprocessing(size=size)),
+        groups=groups,
+        dim=dim,
+        label_embedder={**embedder.to_config(), "embed_dim": int(cfg["embed_dim"]),
+                        "max_tokens": int(getattr(embedder, "max_length", 256)),
+                        "pooling": "mean over attention mask, L2-normalised",
+                        "label_transform": "normalize(P · normalize(e − μ))"},
+        files={"visual": "visual.onnx", "text": "text.onnx", "tokenizer": "tokenizer.json",
+               "checkpoint": "tagger.pt"},
+        io={"visual": {"inputs": {"image": ["N", 3, size, size]},
+                       "outputs": {"groups": ["N", groups, dim]}},
+            "text": {"inputs": {"input_ids": ["N", "T"], "attention_mask": ["N", "T"]},
+                     "outputs": {"embedding": ["N", dim]}},
+            "opset": OPSET},
+        gflops=GflopsSpec(
+            image=f_img.gflops, label=f_lab.gflops, label_tokens=label_tokens,
+            label_tokens_rule=f"median token length (incl. [CLS]/[SEP]) of the VOC + EmojiTags "
+                              f"vocabulary ({len(vocab)} labels: {vocab_source})",
+            image_elementwise=f_img.elementwise_flops / 1e9,
+            label_elementwise=f_lab.elementwise_flops / 1e9,
+            scoring_per_label_per_image=2 * groups * dim / 1e9,
+            convention=FLOPS_CONVENTION),
+        calibration=(Calibration(**fit_calibration(*_calibration_arrays(calibration_data)))
+                     if calibration_data is not None else None),
+        accuracy=_load_json(accuracy),
+        provenance={**(getattr(tagger, "provenance", None) or {}), **dict(provenance or {}),
+                    "export_commit": git_commit(),
+                    "exporter": f"torch {torch.__version__} TorchScript exporter, onnx "
+                                f"{onnx.__version__}, opset {OPSET}"},
+        variants={},
+    )
 
     # fp32 reference on real images, label set for agreement
     if agreement_images is None:
@@ -496,28 +477,19 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
         entries[variant] = (path.name, session(path))
     for variant, (fname, sess) in entries.items():
         got = sess.run(None, {"image": agreement_images})[0]
-        manifest["variants"][variant] = {
-            "file": fname,
-            "precision": VARIANT_NOTES[variant],
-            "agreement": {**top5_agreement(ref_scores, scores_of(got, label_vecs)),
-                          "max_abs_diff_groups": float(np.abs(got - ref).max()),
-                          "images": int(len(agreement_images)), "labels": len(labels),
-                          "reference": "visual.onnx (fp32)"},
-            "speed_cpu_1_thread": {"batch1": time_session(sess, agreement_images, 1,
-                                                          timing_runs)},
-        }
-    manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
-    manifest["export_graph_seconds"] = round(t_graphs, 1)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    _validate(out)
-    log.info("artifact %s written in %.0f s", out, manifest["export_seconds"])
+        manifest.variants[variant] = Variant(
+            file=fname,
+            precision=VARIANT_NOTES[variant],
+            agreement=VariantAgreement(
+                **top5_agreement(ref_scores, scores_of(got, label_vecs)),
+                max_abs_diff_groups=float(np.abs(got - ref).max()),
+                images=int(len(agreement_images)), labels=len(labels),
+                reference="visual.onnx (fp32)"),
+            speed_cpu_1_thread={"batch1": time_session(sess, agreement_images, 1, timing_runs)},
+        )
+    manifest.export_seconds = round(time.perf_counter() - t_start, 1)
+    manifest.export_graph_seconds = round(t_graphs, 1)
+    (out / "manifest.json").write_text(manifest.to_json())
+    load_artifact(out)  # the server's own loader: files present, manifest valid
+    log.info("artifact %s written in %.0f s", out, manifest.export_seconds)
     return out
-
-
-def _validate(out: Path) -> None:
-    """Round trip through the service's own loader, when it is importable."""
-    try:
-        from service.artifact import load_artifact
-    except ImportError:
-        return
-    load_artifact(out)

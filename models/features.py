@@ -20,16 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.imaging import ImageDecodeError, Preprocessing, load_and_preprocess
+from artifact.imaging import ImageDecodeError, Preprocessing, load_and_preprocess
+from artifact.manifest import PreprocessingSpec
+from models.data.base import cache_root
 
 log = logging.getLogger(__name__)
 
 TAP_NAMES = ("tap8", "tap16", "tap32")
-
-
-def cache_root() -> Path:
-    """Where rebuildable artifacts live (outside the repository)."""
-    return Path(os.environ.get("ML2P_CACHE_DIR", Path.home() / ".cache" / "ml2p"))
 
 
 def backbone_onnx(backbone: str, size: int = 224) -> Path:
@@ -78,7 +75,8 @@ class FeatureCache:
 
 def _cache_key(backbone: str, spec: Preprocessing, paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([backbone, spec.to_manifest()], sort_keys=True).encode())
+    section = PreprocessingSpec.of(spec).model_dump()  # as the manifest records it
+    digest.update(json.dumps([backbone, section], sort_keys=True).encode())
     for path in paths:
         digest.update(str(path).encode())
     return digest.hexdigest()[:16]
@@ -165,7 +163,8 @@ def build_feature_cache(
     (directory / "meta.json").write_text(
         json.dumps(
             {"name": name, "backbone": backbone, "count": count, "skipped": skipped,
-             "seconds": round(elapsed, 1), "preprocessing": spec.to_manifest()},
+             "seconds": round(elapsed, 1),
+             "preprocessing": PreprocessingSpec.of(spec).model_dump()},
             indent=1,
         )
     )

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,15 +25,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from artifact.imaging import load_and_preprocess
 from models.baseline_losses import baseline_loss
 from models.data import load_dataset
 from models.features import FeatureCache, build_feature_cache
 from models.label_embedders import create_embedder
 from models.losses import distillation_loss, ml2p_loss
 from models.metrics import evaluate_zsl_gzsl
+from models.provenance import git_commit
 from models.tagger import Tagger, build_tagger, save_checkpoint
 from models.vocab import imagenet_class_names, imagenet_exclusion_mask, unseen_labels
-from service.imaging import load_and_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,6 @@ def predict(tagger: Tagger, split: SplitData, label_vectors: torch.Tensor,
         out.append(tagger.score(tagger.encode_from_taps(taps, logits), label_vectors).cpu()
                    .numpy())
     return np.concatenate(out)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class Trainer:
@@ -362,7 +354,7 @@ class Trainer:
                         "scheduler": scheduler.state_dict(), "history": history,
                         "epoch": epoch + 1}, state_path)
         (self.out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        provenance = {"train_config": cfg.to_json(), "git_commit": git_commit(),
+        provenance = {"train_config": cfg.to_json(), "git_commit": git_commit() or "unknown",
                       "train_labels": len(self.label_names),
                       "train_images": {s.name: len(s.rows) for s in self.train_splits},
                       "excluded_labels": sorted(self.excluded)}

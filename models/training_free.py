@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from models.provenance import git_commit
 from models.tagger import save_checkpoint
-from models.train import TrainConfig, Trainer, git_commit
+from models.train import TrainConfig, Trainer
 
 
 def is_trainable(head: torch.nn.Module) -> bool:
@@ -37,7 +38,7 @@ def fit_training_free(trainer: Trainer) -> dict:
               "val": trainer.validate()}
     history = [record]
     cfg: TrainConfig = trainer.config
-    provenance = {"train_config": cfg.to_json(), "git_commit": git_commit(),
+    provenance = {"train_config": cfg.to_json(), "git_commit": git_commit() or "unknown",
                   "training_free": True,
                   "imagenet_classes_excluded": int(head.excluded.sum()),
                   "excluded_labels": sorted(trainer.excluded)}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).parent / "assets"
-IMAGENET_CLASSES = ASSETS / "imagenet_classes.txt"
-IMAGENET_EXCLUDED = ASSETS / "imagenet_excluded.tsv"
+from artifact.vocabularies import read_lines
+
+IMAGENET_EXCLUDED = Path(__file__).parent / "assets" / "imagenet_excluded.tsv"
 # ImageNet-1k indices 151-268 are dog breeds: near-synonyms stay, as in the NUS-WIDE protocol.
 DOG_BREEDS = range(151, 269)
 # Words ImageNet uses for an unseen concept under another name ("studio couch" is a sofa).
@@ -20,10 +20,10 @@ UNSEEN_SYNONYMS = {"sofa": ("couch",), "car": ("automobile",), "train": ("locomo
 @cache
 def imagenet_synonyms() -> tuple[tuple[str, ...], ...]:
     """The 1000 classes in index order, each as its comma-separated synonyms."""
-    lines = IMAGENET_CLASSES.read_text(encoding="utf-8").splitlines()
+    lines = read_lines("imagenet_classes.txt")
     classes = tuple(tuple(s.strip() for s in line.split(",") if s.strip()) for line in lines)
     if len(classes) != 1000:
-        raise ValueError(f"{IMAGENET_CLASSES} has {len(classes)} classes, expected 1000")
+        raise ValueError(f"imagenet_classes.txt has {len(classes)} classes, expected 1000")
     return classes
 
 

@@ -35,6 +35,16 @@ class LabelError(InvalidRequest):
     code = "invalid_labels"
 
 
+class LabelTooLong(LabelError):
+    """A label tokenises to more tokens than the text graph takes (never truncated)."""
+
+    code = "label_too_long"
+
+    def __init__(self, message: str, index: int, field: str = "labels") -> None:
+        super().__init__(message, field=f"{field}[{index}]")
+        self.index = index
+
+
 class InvalidImage(ServiceError):
     code, http_status, grpc_status = "invalid_image", 400, "INVALID_ARGUMENT"
 
@@ -77,12 +87,3 @@ class DeadlineExceeded(ServiceError):
 
 class Unavailable(ServiceError):
     code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"
-
-
-class ArtifactError(Exception):
-    """A model artifact is missing, broken or disagrees with its manifest (start-up failure)."""
-
-    def __init__(self, path: object, problem: str) -> None:
-        super().__init__(f"model artifact {path}: {problem}")
-        self.path = path
-        self.problem = problem

@@ -15,9 +15,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.results import METRIC_STAGES
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-STAGES = ("decode", "preprocess", "inference", "labels", "scoring")
 
 
 def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -63,7 +64,7 @@ class Metrics:
         self.startup = Gauge("ml2p_startup_seconds",
                              "Seconds from process start to ready (model loaded, warmed up)",
                              registry=r)
-        for stage in STAGES:  # export every stage from the first scrape on
+        for stage in METRIC_STAGES:  # export every stage from the first scrape on
             self.stage_duration.labels(stage=stage)
 
     def render(self) -> tuple[bytes, str]:

@@ -18,20 +18,10 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from service.artifact import load_artifact
-from service.engine import TaggingService
-from service.metrics import Metrics
-from service.runtime import create_engine
+from service.pipeline import TaggingService, build_service
 from service.settings import Settings
 
 log = logging.getLogger("ml2p.server")
-
-
-def build_service(settings: Settings) -> TaggingService:
-    """Load + check the artifact and create the engine (raises ArtifactError/EngineUnavailable)."""
-    artifact = load_artifact(settings.model)
-    engine = create_engine(settings, artifact)
-    return TaggingService(settings, engine, Metrics(settings.max_batch_size))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -6,7 +6,6 @@ flags override the environment. The defaults below are the documented defaults.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -91,15 +90,3 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
-
-    def overridden(self, **changes: object) -> Settings:
-        """A copy with some fields replaced (None values are ignored), validated again."""
-        data = self.model_dump()
-        data.update({k: v for k, v in changes.items() if v is not None})
-        return type(self).model_validate(data)
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process settings from the environment (FastAPI dependency default)."""
-    return Settings()

@@ -46,9 +46,9 @@ def untrained_tagger():  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from artifact.imaging import Preprocessing, load_and_preprocess
     from models.export import export_artifact, vocabulary_texts
     from models.tagger import load_checkpoint
-    from service.imaging import Preprocessing, load_and_preprocess
 
     rng = np.random.default_rng(0)
     random_images = rng.uniform(-1, 1, (32, 3, 224, 224)).astype(np.float32)
@@ -81,7 +81,7 @@ def setup(tmp_path_factory):
 
 
 def _engines(art):
-    from service.artifact import load_artifact
+    from artifact.loader import load_artifact
     from service.settings import Settings
 
     artifact = load_artifact(art)

@@ -4,9 +4,10 @@ Runs in the peer virtual environment (benchmarks/peer/setup.sh), not the project
 model `tagger`: input `image` (BYTES, one encoded image per request), output `scores`
 (FP32 [L], one score per candidate label). Triton's dynamic batcher groups requests; the
 bound Python function decodes + preprocesses each image with the project's own
-`service/imaging.py` (numpy + Pillow only), runs the artifact's `visual.onnx` in ONNX Runtime
-on the whole batch and scores against a label matrix the driver encoded with the project's
-engine (`--label-matrix`, .npy [L, D]: the labels are fixed for the run, like a warm cache).
+`artifact.imaging` (numpy + Pillow only; the driver puts the checkout on PYTHONPATH), runs the
+artifact's `visual.onnx` in ONNX Runtime on the whole batch and scores against a label matrix
+the driver encoded with the project's engine (`--label-matrix`, .npy [L, D]: the labels are
+fixed for the run, like a warm cache).
 
 Needs LD_LIBRARY_PATH to start with this interpreter's sysconfig LIBDIR (the Python backend
 stub must link the same libpython); the driver sets it.
@@ -15,22 +16,12 @@ stub must link the same libpython); the driver sets it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _imaging():
-    spec = importlib.util.spec_from_file_location("ml2p_imaging", REPO / "service" / "imaging.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from artifact.imaging import Preprocessing, decode_image, preprocess
 
 
 def main() -> None:
@@ -49,9 +40,10 @@ def main() -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    imaging = _imaging()
     manifest = json.loads((Path(args.model) / "manifest.json").read_text())
-    spec = imaging.Preprocessing.from_manifest(manifest["preprocessing"])
+    section = manifest["preprocessing"]  # read without pydantic, which this venv lacks
+    spec = Preprocessing(size=int(section["size"]), mean=tuple(section["mean"]),
+                         std=tuple(section["std"]))
     visual_file = manifest.get("files", {}).get("visual", "visual.onnx")
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -68,7 +60,7 @@ def main() -> None:
     @batch
     def infer(image: np.ndarray) -> dict:
         pixels = np.stack([
-            imaging.preprocess(imaging.decode_image(bytes(row[0]), target_size=spec.size), spec)
+            preprocess(decode_image(bytes(row[0]), target_size=spec.size), spec)
             for row in image])
         groups = session.run([output_name], {input_name: pixels})[0]
         return {"scores": np.matmul(groups, matrix.T).max(axis=1).astype(np.float32)}

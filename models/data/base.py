@@ -2,7 +2,7 @@
 
 A dataset is a list of image files plus an int8 target matrix ``[N, L]`` (1 positive,
 0 negative, -1 unknown/ignored), the label texts and a ``seen`` mask over the labels.
-Images are decoded and preprocessed by ``service.imaging`` (the one preprocessing shared
+Images are decoded and preprocessed by ``artifact.imaging`` (the one preprocessing shared
 with serving). Unreadable images never crash: they are logged, counted and skipped.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.imaging import ImageDecodeError, Preprocessing, decode_image, load_and_preprocess
+from artifact.imaging import ImageDecodeError, Preprocessing, decode_image, load_and_preprocess
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ copies' labels are merged) and images without any box are dropped; both counts a
 
 Splits: ``train`` = ``images/train`` minus a fixed ~15 % carved out by VOC id as ``val``;
 ``test`` = ``images/val``. Zero-shot: unseen = car, dog, sofa, train (``seen`` mask).
-Label texts come from ``models/assets/voc_classes.json`` (shared with the service's
+Label texts come from ``artifact/vocabularies/voc_classes.json`` (shared with the service's
 ``voc-20`` vocabulary).
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artifact.vocabularies import read_json
 from models.data.base import (
     SHARED_DATA,
     MultiLabelDataset,
@@ -32,7 +33,6 @@ from models.data.base import (
 
 log = logging.getLogger(__name__)
 
-CLASSES_FILE = Path(__file__).resolve().parents[1] / "assets" / "voc_classes.json"
 DEFAULT_ROOT = SHARED_DATA / "voc2007"
 ENV_ROOT = "ML2P_VOC_ROOT"
 VAL_FRACTION = 0.15
@@ -42,7 +42,7 @@ VAL_SEED = 0
 @cache
 def voc_classes() -> tuple[dict, ...]:
     """The 20 classes: ``{"id", "voc", "label"}`` in VOC order."""
-    return tuple(json.loads(CLASSES_FILE.read_text(encoding="utf-8"))["classes"])
+    return tuple(read_json("voc_classes.json")["classes"])
 
 
 def voc_label_names() -> list[str]:
@@ -51,7 +51,7 @@ def voc_label_names() -> list[str]:
 
 
 def voc_unseen() -> list[str]:
-    return list(json.loads(CLASSES_FILE.read_text(encoding="utf-8"))["unseen"])
+    return list(read_json("voc_classes.json")["unseen"])
 
 
 def voc_id(file_name: str) -> str:

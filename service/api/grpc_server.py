@@ -23,8 +23,8 @@ from grpc_reflection.v1alpha import reflection
 
 from service import logs
 from service.api.common import bearer_token, check_api_key, request_id
-from service.engine import State, TaggingService, TagOptions, TagOutcome
 from service.errors import InvalidRequest, QueueFull, ServiceError
+from service.pipeline import State, TaggingService, TagOptions, TagOutcome
 from service.protos import load
 
 pb, pb_grpc = load()
@@ -82,18 +82,13 @@ def _add_tagger(servicer: TaggerServicer, server: grpc.aio.Server) -> None:
 
 def tag_response(outcome: TagOutcome, rid: str) -> pb.TagResponse:
     result = outcome.results[0]
-    t = result.timings_ms
-    gflops_total = outcome.gflops_total
     return pb.TagResponse(
-        request_id=rid, model_name=outcome.model["name"], model_version=outcome.model["version"],
+        request_id=rid, model_name=outcome.model.name, model_version=outcome.model.version,
         tags=[pb.Tag(label=x.label, score=x.score, rank=x.rank, probability=x.probability)
               for x in result.tags],
         batch_size=result.batch_size,
-        timings_ms=pb.Timings(decode=t["decode"], preprocess=t["preprocess"], queue=t["queue"],
-                              inference=t["inference"], scoring=t["scoring"],
-                              labels=outcome.labels_ms, total=outcome.total_ms),
-        gflops=pb.Gflops(image=result.gflops["image"], labels=outcome.labels_gflops,
-                         scoring=result.gflops["scoring"], total=gflops_total),
+        timings_ms=pb.Timings(**outcome.timings(0).model_dump()),
+        gflops=pb.Gflops(**outcome.gflops().model_dump()),
         duplicates_removed=outcome.duplicates_removed)
 
 

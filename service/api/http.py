@@ -36,8 +36,6 @@ from service.api.schemas import (
     VocabularyList,
     VocabularyOut,
 )
-from service.engine import TaggingService, TagOptions
-from service.engine.vocabularies import NAME_PATTERN
 from service.errors import (
     InvalidImage,
     InvalidRequest,
@@ -45,6 +43,8 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.pipeline import TaggingService, TagOptions, build_service
+from service.pipeline.vocabularies import NAME_PATTERN
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <ML2P_API_KEY>`")
@@ -214,8 +214,6 @@ def create_app(service: TaggingService | None = None, settings: Settings | None 
     """The FastAPI app over `service` (built from `settings` and owned when not given)."""
     owns = service is None
     if service is None:
-        from service.server import build_service  # the same loader as `ml2p serve`
-
         service = build_service(settings or Settings())
     settings = service.settings
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.engine import TagOutcome
-from service.engine.scoring import Tag
+from service.pipeline import TagOutcome
+from service.pipeline.scoring import Tag
+from service.results import BatchTimings, Gflops, ImageTimings, ModelRef, Timings
 
 
 class ErrorDetail(BaseModel):
@@ -63,33 +64,6 @@ class TagOut(BaseModel):
         return cls(label=tag.label, score=tag.score, probability=tag.probability, rank=tag.rank)
 
 
-class ModelRef(BaseModel):
-    name: str
-    version: str
-
-
-class ImageTimings(BaseModel):
-    decode: float
-    preprocess: float
-    queue: float
-    inference: float
-    scoring: float
-
-
-class Timings(ImageTimings):
-    """Milliseconds per stage; `total` is the whole request inside the server."""
-
-    labels: float
-    total: float
-
-
-class Gflops(BaseModel):
-    image: float
-    labels: float = Field(description="label embeddings computed (cache misses only)")
-    scoring: float
-    total: float
-
-
 class TagResponse(BaseModel):
     request_id: str
     model: ModelRef
@@ -104,11 +78,10 @@ class TagResponse(BaseModel):
     def of(cls, outcome: TagOutcome, request_id: str) -> TagResponse:
         result = outcome.results[0]
         return cls(
-            request_id=request_id, model=ModelRef(**outcome.model),
+            request_id=request_id, model=outcome.model,
             tags=[TagOut.of(t) for t in result.tags], batch_size=result.batch_size,
-            timings_ms=Timings(**result.timings_ms, labels=outcome.labels_ms,
-                               total=outcome.total_ms),
-            gflops=_gflops(outcome), duplicates_removed=outcome.duplicates_removed)
+            timings_ms=outcome.timings(0), gflops=outcome.gflops(),
+            duplicates_removed=outcome.duplicates_removed)
 
 
 class ImageTags(BaseModel):
@@ -116,11 +89,6 @@ class ImageTags(BaseModel):
     tags: list[TagOut]
     batch_size: int
     timings_ms: ImageTimings
-
-
-class BatchTimings(BaseModel):
-    labels: float
-    total: float
 
 
 class BatchTagResponse(BaseModel):
@@ -134,19 +102,12 @@ class BatchTagResponse(BaseModel):
     @classmethod
     def of(cls, outcome: TagOutcome, request_id: str) -> BatchTagResponse:
         return cls(
-            request_id=request_id, model=ModelRef(**outcome.model),
+            request_id=request_id, model=outcome.model,
             results=[ImageTags(index=i, tags=[TagOut.of(t) for t in r.tags],
-                               batch_size=r.batch_size, timings_ms=ImageTimings(**r.timings_ms))
+                               batch_size=r.batch_size, timings_ms=r.timings_ms)
                      for i, r in enumerate(outcome.results)],
-            timings_ms=BatchTimings(labels=outcome.labels_ms, total=outcome.total_ms),
-            gflops=_gflops(outcome), duplicates_removed=outcome.duplicates_removed)
-
-
-def _gflops(outcome: TagOutcome) -> Gflops:
-    image = sum(r.gflops["image"] for r in outcome.results)
-    scoring = sum(r.gflops["scoring"] for r in outcome.results)
-    return Gflops(image=image, labels=outcome.labels_gflops, scoring=scoring,
-                  total=image + scoring + outcome.labels_gflops)
+            timings_ms=outcome.batch_timings(), gflops=outcome.gflops(),
+            duplicates_removed=outcome.duplicates_removed)
 
 
 class VocabularyIn(BaseModel):

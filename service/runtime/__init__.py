@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from service.runtime.base import Engine, EngineUnavailable, LabelTokenizer, LabelTooLong
+from service.runtime.base import Engine, EngineUnavailable
 
 if TYPE_CHECKING:
-    from service.artifact import Artifact
+    from artifact.loader import Artifact
     from service.settings import Settings
 
 ENGINES: dict[str, str] = {
@@ -21,7 +21,7 @@ ENGINES: dict[str, str] = {
     "torch": "service.runtime.torch_engine:TorchEngine",
 }
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "LabelTokenizer", "LabelTooLong",
+__all__ = ["ENGINES", "Engine", "EngineUnavailable",
            "create_engine"]
 
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from service.artifact import (
+from artifact.errors import ArtifactError
+from artifact.loader import (
     TEXT_INPUTS,
     TEXT_OUTPUT,
     VISUAL_INPUT,
@@ -21,7 +22,6 @@ from service.artifact import (
     Port,
     check_signature,
 )
-from service.errors import ArtifactError
 from service.runtime.base import Engine, EngineUnavailable
 
 if TYPE_CHECKING:

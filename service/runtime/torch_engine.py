@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.errors import ArtifactError
+from artifact.errors import ArtifactError
 from service.runtime.base import Engine, EngineUnavailable
 
 if TYPE_CHECKING:
-    from service.artifact import Artifact
+    from artifact.loader import Artifact
     from service.settings import Settings
 
 try:
@@ -40,7 +40,7 @@ class TorchEngine(Engine):
         from models.tagger import load_checkpoint
 
         files = artifact.manifest.files
-        ckpt = artifact.path / getattr(files, "checkpoint", "tagger.pt")
+        ckpt = artifact.path / (files.checkpoint or "tagger.pt")
         if not ckpt.is_file():
             raise ArtifactError(artifact.path, f"{ckpt.name} (checkpoint, needed by the torch "
                                                "engine) is missing; re-export the artifact")

@@ -9,27 +9,16 @@ recorded from a real run here).
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import audit
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
 TODAY = dt.date(2026, 12, 1)
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-audit = _load("ci_audit", REPO / ".ci" / "audit.py")
 
 LOCK = """\
 # a lock in the format .ci/lock.py writes

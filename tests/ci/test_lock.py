@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import audit
+import lock as lock_tool
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements" / "serving.lock"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-audit = _load("ci_audit", REPO / ".ci" / "audit.py")
-lock_tool = _load("ci_lock", REPO / ".ci" / "lock.py")
 
 
 def test_lock_pins_every_serving_dependency_within_its_range():

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from deploy_support import LABELS, REPO  # noqa: E402
 from server_harness import Server, pb, pb_grpc  # noqa: E402
 
-from service.testing import image_bytes, write_tiny_artifact  # noqa: E402
+from artifact.testing import image_bytes, write_tiny_artifact  # noqa: E402
 
 
 @dataclass

@@ -17,8 +17,8 @@ from deploy_support import (
     interpolate,
 )
 
+from artifact.testing import free_port
 from service.settings import Settings
-from service.testing import free_port
 
 PREFIX = Settings.model_config["env_prefix"]
 TAGGERS = ("tagger", "tagger-gpu")

@@ -30,9 +30,9 @@ from deploy_support import (
     shell_commands,
 )
 
-from service.cli import build_parser
+from artifact.testing import free_port
+from ml2p_cli import build_parser
 from service.settings import Settings
-from service.testing import free_port
 
 CPU, GPU = "docker/Dockerfile", "docker/Dockerfile.gpu"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -94,7 +94,7 @@ def _check_command(cmd: list[str], seen: list[tuple[str, str]], subcommands: set
         module = cmd[cmd.index("-m") + 1]
         assert module_in_repo(module) or importlib.util.find_spec(module), \
             f"`python -m {module}`: no such module"
-        if module == "service.cli":
+        if module == "ml2p_cli":
             _parses(cmd[cmd.index("-m") + 2:], subcommands)
         seen.append(("python -m", module))
     elif prog == "make":
@@ -139,7 +139,7 @@ def test_run_commands_refer_to_real_things(dockerfile):
 def test_entrypoint_is_ml2p_serve(dockerfile):
     (entry,) = dockerfile.of("ENTRYPOINT")
     assert json.loads(entry.value) == ["ml2p", "serve"]
-    assert PYPROJECT["project"]["scripts"]["ml2p"] == "service.cli:main"
+    assert PYPROJECT["project"]["scripts"]["ml2p"] == "ml2p_cli:main"
     _parses(["serve"], ml2p_commands())
 
 
@@ -217,7 +217,8 @@ def test_copy_sources_exist_and_are_in_the_context(dockerfile):
 
 def test_dockerignore_keeps_sources_and_drops_local_builds():
     ignore = REPO / ".dockerignore"
-    tracked = subprocess.run(["git", "ls-files", "pyproject.toml", "Makefile", "service",
+    tracked = subprocess.run(["git", "ls-files", "pyproject.toml", "Makefile", "ml2p_cli.py",
+                              "artifact", "service", "benchmarks",
                               "models", "proto"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
     assert "pyproject.toml" in tracked and "proto/tagger.proto" in tracked

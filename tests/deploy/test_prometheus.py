@@ -19,7 +19,7 @@ import pytest
 import yaml
 from deploy_support import LABELS, REPO
 
-from service.testing import free_port, image_bytes
+from artifact.testing import free_port, image_bytes
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

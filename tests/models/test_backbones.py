@@ -38,7 +38,7 @@ def test_lite0_taps(lite0):
 
 @pytest.mark.skipif(not VOC_VAL.exists(), reason="VOC photos not available")
 def test_lite0_classifies_real_photos(lite0):
-    from service.imaging import load_and_preprocess
+    from artifact.imaging import load_and_preprocess
 
     dogs = ["001053", "009117", "004565", "004352"]
     cats = ["006725", "003807", "008720"]

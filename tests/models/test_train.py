@@ -1,5 +1,5 @@
 """Trainer options of the shipped recipe: cosine output, ImageNet-evidence init, calibration
-data, resume (synthetic features; the fixture comes from test_bench_paper)."""
+data, resume (synthetic features: tests/models/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from models.heads.ml2p import ML2PHead
 from models.train import Trainer
-from tests.models.test_bench_paper import config_for, synthetic  # noqa: F401 - fixture
+from tests.models.synthetic import config_for
 
 EVIDENCE = {"groups": 3, "widths": [16, 16, 32], "cosine_scale": 10.0,
             "imagenet_evidence_dim": 1000}
@@ -33,7 +33,7 @@ def test_cosine_scale_fixes_group_norms() -> None:
 
 
 @pytest.mark.parametrize("init", ["class_names", "class_names_all"])
-def test_evidence_init_is_the_conse_prior(init: str, synthetic: None, tmp_path: Path) -> None:  # noqa: F811
+def test_evidence_init_is_the_conse_prior(init: str, synthetic: None, tmp_path: Path) -> None:
     trainer = Trainer(evidence_config(evidence_init=init), tmp_path)
     weight = trainer.tagger.head.evidence.weight.detach()  # [D, 1000]
     with torch.no_grad():
@@ -48,12 +48,12 @@ def test_evidence_init_is_the_conse_prior(init: str, synthetic: None, tmp_path: 
         assert torch.allclose(weight[:, excluded], expected[:, excluded], atol=1e-6)
 
 
-def test_evidence_init_needs_an_evidence_head(synthetic: None, tmp_path: Path) -> None:  # noqa: F811
+def test_evidence_init_needs_an_evidence_head(synthetic: None, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="imagenet_evidence_dim"):
         Trainer(config_for("ml2p", evidence_init="class_names"), tmp_path)
 
 
-def test_fit_writes_calibration_data_and_resumes(synthetic: None, tmp_path: Path) -> None:  # noqa: F811
+def test_fit_writes_calibration_data_and_resumes(synthetic: None, tmp_path: Path) -> None:
     first = Trainer(evidence_config(epochs=2, evidence_init="class_names"), tmp_path).fit()
     assert [h["epoch"] for h in first["history"]] == [1, 2]
     with np.load(tmp_path / "calibration.npz") as data:
@@ -70,10 +70,10 @@ def test_fit_writes_calibration_data_and_resumes(synthetic: None, tmp_path: Path
 
 
 @pytest.fixture
-def image_splits(synthetic: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+def image_splits(synthetic: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The synthetic splits with real PNG files behind their rows (train 8, val 4)."""
     import models.train as train_module
-    from tests.models.test_bench_paper import synthetic_split
+    from tests.models.synthetic import synthetic_split
 
     def load_split(dataset: str, split: str, backbone: str, limit=None, seed: int = 0):  # noqa: ANN001
         data = synthetic_split(dataset, 8 if split == "train" else 4, 0 if split == "train" else 1)
@@ -93,10 +93,10 @@ def image_splits(synthetic: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 def test_finetune_backbone_end_to_end(image_splits: None, tmp_path: Path) -> None:
     """The backbone trains on decoded images, is saved with the head, and a loaded checkpoint
     scores from images through it (the packaged backbone's feature caches do not apply)."""
+    from artifact.imaging import load_and_preprocess
     from models.backbones import create_backbone
     from models.tagger import load_checkpoint
     from models.train import load_split, predict
-    from service.imaging import load_and_preprocess
 
     config = config_for("ml2p", epochs=1, batch_size=4, distill_weight=0.0,
                         finetune_backbone=True, backbone_lr=1e-3)

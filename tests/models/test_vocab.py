@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from artifact.vocabularies import read_json
 from models import vocab
 
 ASSETS = Path(vocab.__file__).parent / "assets"
@@ -10,7 +11,7 @@ ASSETS = Path(vocab.__file__).parent / "assets"
 
 def committed_unseen() -> set[str]:
     """Unseen labels of VOC 2007 and EmojiTags from the committed split files."""
-    voc = json.loads((ASSETS / "voc_classes.json").read_text())
+    voc = read_json("voc_classes.json")
     emoji = json.loads((ASSETS / "emojitags_split.json").read_text())
     return set(voc["unseen"]) | set(emoji["unseen"])
 

@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-from service.testing import write_tiny_artifact  # noqa: E402
+from artifact.testing import write_tiny_artifact  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from server_harness import Server, pb, pb_grpc
 
-from service.testing import image_bytes
+from artifact.testing import image_bytes
 
 pytestmark = pytest.mark.reliability
 HERE = Path(__file__).resolve().parent
@@ -340,7 +340,7 @@ def test_threshold_must_be_finite_over_grpc(channel):
 
 def test_pillow_formats_outside_the_list_are_never_tried():
     """EPS would run Ghostscript on untrusted bytes if Pillow were allowed to open it."""
-    from service.imaging import ImageDecodeError, decode_image
+    from artifact.imaging import ImageDecodeError, decode_image
 
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n"
     with pytest.raises(ImageDecodeError, match="not a supported image"):

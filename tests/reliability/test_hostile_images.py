@@ -23,8 +23,8 @@ from PIL import Image, ImageOps
 from reliability_harness import MiB, ProcessGauge
 from server_harness import Server, pb, pb_grpc, tag_multipart
 
-from service.imaging import decode_image
-from service.testing import image_bytes
+from artifact.imaging import decode_image
+from artifact.testing import image_bytes
 
 pytestmark = pytest.mark.reliability
 

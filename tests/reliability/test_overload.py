@@ -14,7 +14,7 @@ import pytest
 from reliability_harness import RawHTTP, closed_loop, encode_tag_request, median, open_loop, p
 from server_harness import Server
 
-from service.testing import image_bytes
+from artifact.testing import image_bytes
 
 pytestmark = pytest.mark.reliability
 

@@ -18,7 +18,7 @@ import pytest
 from reliability_harness import access_log, metric
 from server_harness import Server, pb, pb_grpc
 
-from service.testing import image_bytes
+from artifact.testing import image_bytes
 
 pytestmark = pytest.mark.reliability
 

@@ -24,7 +24,7 @@ from reliability_harness import (
 )
 from server_harness import Server
 
-from service.testing import image_bytes
+from artifact.testing import image_bytes
 
 pytestmark = pytest.mark.reliability
 

@@ -1,6 +1,6 @@
 """Fixtures: a model artifact (tiny generated, or `ML2P_TEST_MODEL=<dir>`) and real servers.
 
-Servers are real `python -m service.cli serve` processes on free loopback ports, talked to
+Servers are real `python -m ml2p_cli serve` processes on free loopback ports, talked to
 with httpx and the generated gRPC stubs (see server_harness.py).
 """
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from server_harness import Server, pb_grpc
 
-from service.testing import image_bytes, write_tiny_artifact
+from artifact.testing import image_bytes, write_tiny_artifact
 
 
 @pytest.fixture(scope="session")

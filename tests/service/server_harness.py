@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import httpx
 
+from artifact.testing import free_port
 from service.protos import load as load_protos
-from service.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pb, pb_grpc = load_protos()
@@ -29,7 +29,7 @@ class Server:
         self.log_path = workdir / f"server-{self.http_port}.log"
         settings = {"vocab_dir": workdir / "vocabularies", "intra_op_threads": 1,
                     "preprocess_workers": 1, **settings}
-        args = [sys.executable, "-m", "service.cli", "serve", "--model", str(model),
+        args = [sys.executable, "-m", "ml2p_cli", "serve", "--model", str(model),
                 "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         for key, value in settings.items():
             args += [f"--{key.replace('_', '-')}", str(value)]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from server_harness import Server, pb, pb_grpc
 
-from service.testing import image_bytes
+from artifact.testing import image_bytes
 
 DELAY_MS = 150
 LABELS = ["dog", "red car", "sky", "person", "tree"]

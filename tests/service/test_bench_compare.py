@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-from argparse import Namespace
+from argparse import ArgumentParser, Namespace
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.cli import bench_module
+from benchmarks import loadgen, naive_server, serve_compare
 
 
 def test_naive_server_answers(model_dir: Path) -> None:
-    app = bench_module("naive_server").create_app(model_dir)
+    app = naive_server.create_naive_app(model_dir)
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
     with TestClient(app) as client:
@@ -28,7 +28,7 @@ def test_naive_server_answers(model_dir: Path) -> None:
 
 
 def test_goals_and_triton_request() -> None:
-    compare = bench_module("serve_compare")
+    compare = serve_compare
     rows = [{"system": s, "concurrency": c, "throughput_rps": rps, "p50_ms": p50, "p99_ms": p99}
             for s, c, rps, p50, p99 in [("raw", 1, 50, 10, 12), ("raw", 16, 100, 150, 200),
                                         ("rest", 1, 45, 12, 14), ("rest", 16, 90, 160, 210),
@@ -37,33 +37,36 @@ def test_goals_and_triton_request() -> None:
     assert goals["rest throughput at saturation >= 85% of raw"] is True
     assert goals["rest p50 at c=1 <= raw + 3 ms"] is True
     assert goals["rest >= 2x naive throughput at c=16"] is True
-    request = compare.lg.triton_request("h", b"\xff\xd8abc")
+    request = loadgen.triton_request("h", b"\xff\xd8abc")
     head, body = request.split(b"\r\n\r\n", 1)
     assert int(head.split(b"Content-Length: ")[-1]) == len(body)
     assert body.endswith((5).to_bytes(4, "little") + b"\xff\xd8abc")
 
 
 def test_open_loop_rates_are_the_same_for_every_system() -> None:
-    from service.cli import build_parser
+    compare = serve_compare
 
-    compare = bench_module("serve_compare")
+    def build_parser() -> ArgumentParser:
+        parser = ArgumentParser()
+        compare.add_arguments(parser)
+        return parser
+
     rows = [{"system": s, "concurrency": c, "throughput_rps": rps}
             for s, c, rps in [("raw", 1, 50.0), ("raw", 4, 80.0), ("rest", 4, 60.0)]]
-    args = build_parser().parse_args(["bench", "serve-compare"])
+    args = build_parser().parse_args([])
     assert compare.open_loop_rates(args, rows) == [(40.0, 0.5), (72.0, 0.9), (96.0, 1.2)]
-    args = build_parser().parse_args(["bench", "serve-compare", "--open-loop-fractions", "0.25"])
+    args = build_parser().parse_args(["--open-loop-fractions", "0.25"])
     assert compare.open_loop_rates(args, rows) == [(20.0, 0.25)]
-    args = build_parser().parse_args(["bench", "serve-compare", "--open-loop-rates", "20,40",
-                                      "60"])
+    args = build_parser().parse_args(["--open-loop-rates", "20,40", "60"])
     assert compare.open_loop_rates(args, []) == [(20.0, None), (40.0, None), (60.0, None)]
-    args = build_parser().parse_args(["bench", "serve-compare", "--open-loop-fractions"])
+    args = build_parser().parse_args(["--open-loop-fractions"])
     assert compare.open_loop_rates(args, rows) == []
     with pytest.raises(SystemExit):  # fractions of raw's peak, without raw
-        compare.open_loop_rates(Namespace(open_loop_fractions=[[0.5]]), rows[2:])
+        compare.open_loop_rates(Namespace(open_loop_fractions=["0.5"]), rows[2:])
 
 
 def test_markdown_has_the_open_loop_table_beside_the_closed_one() -> None:
-    compare = bench_module("serve_compare")
+    compare = serve_compare
     closed = {"errors": 0, "p50_ms": 20.0, "p95_ms": 25.0, "p99_ms": 30.0}
     rows = [{"system": "raw", "concurrency": 4, "throughput_rps": 80.0, **closed},
             {"system": "rest", "concurrency": 4, "throughput_rps": 60.0, **closed,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from server_harness import error_of, tag_multipart
 
-from service.testing import image_bytes
+from artifact.testing import image_bytes
 
 LABELS = ["dog", "red car", "sky", "person"]
 

@@ -14,8 +14,8 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import REPO, Server, free_port, pb, pb_grpc
 
-from service.cli import main as ml2p
-from service.testing import image_bytes
+from artifact.testing import image_bytes
+from ml2p_cli import main as ml2p
 
 
 def _in_flight(url: str) -> float:
@@ -118,7 +118,7 @@ def test_broken_artifact_fails_at_startup_with_one_message(model_dir, tmp_path):
     manifest["dim"] += 1
     (broken / "manifest.json").write_text(json.dumps(manifest))
     run = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(broken),
+        [sys.executable, "-m", "ml2p_cli", "serve", "--model", str(broken),
          "--http-port", str(free_port()), "--grpc-port", str(free_port())],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2

@@ -10,36 +10,35 @@ import time
 import numpy as np
 import pytest
 
-from service.cli import bench_module
-
-lg = bench_module("loadgen")
+from benchmarks import loadgen
 
 
 async def _ok(k: int) -> str:
     await asyncio.sleep(0.001)
-    return lg.OK
+    return loadgen.OK
 
 
 def test_constant_schedule_is_bounded_by_time_and_count() -> None:
-    offsets = lg.schedule(100, 0.5, 1000, "constant")
+    offsets = loadgen.schedule(100, 0.5, 1000, "constant")
     assert len(offsets) == 50 and offsets[0] == 0
     assert np.allclose(np.diff(offsets), 0.01)
-    assert len(lg.schedule(100, 0.5, 7, "constant")) == 7
-    assert (lg.schedule(100, 0.5, 1000, "poisson") < 0.5).all()
+    assert len(loadgen.schedule(100, 0.5, 7, "constant")) == 7
+    assert (loadgen.schedule(100, 0.5, 1000, "poisson") < 0.5).all()
     with pytest.raises(ValueError):
-        lg.schedule(100, 0.5, 10, "bursty")
+        loadgen.schedule(100, 0.5, 10, "bursty")
 
 
 def test_poisson_schedule_is_seeded_with_exponential_gaps() -> None:
-    offsets = lg.schedule(1000, 10, 10**6, "poisson", seed=3)
-    assert np.array_equal(offsets, lg.schedule(1000, 10, 10**6, "poisson", seed=3))
-    assert not np.array_equal(offsets[:100], lg.schedule(1000, 10, 10**6, "poisson", seed=4)[:100])
+    offsets = loadgen.schedule(1000, 10, 10**6, "poisson", seed=3)
+    assert np.array_equal(offsets, loadgen.schedule(1000, 10, 10**6, "poisson", seed=3))
+    other = loadgen.schedule(1000, 10, 10**6, "poisson", seed=4)
+    assert not np.array_equal(offsets[:100], other[:100])
     assert 9500 < len(offsets) < 10500  # mean 10,000, sd 100
     gaps = np.diff(offsets)
     assert (gaps > 0).all()
     assert abs(gaps.mean() - 1e-3) < 5e-5
     assert abs(gaps.std() / gaps.mean() - 1) < 0.05  # exponential: coefficient of variation 1
-    assert len(lg.schedule(1000, 10, 123, "poisson")) == 123
+    assert len(loadgen.schedule(1000, 10, 123, "poisson")) == 123
 
 
 def test_open_loop_sends_on_schedule_whatever_the_answers_take() -> None:
@@ -49,10 +48,10 @@ def test_open_loop_sends_on_schedule_whatever_the_answers_take() -> None:
     async def send(k: int) -> str:
         sent[k] = time.perf_counter()
         await asyncio.sleep(0.2)
-        return lg.OK
+        return loadgen.OK
 
     trace: list = []
-    result = asyncio.run(lg.open_loop(send, 50, 0.6, 1000, arrivals="constant", warmup=0,
+    result = asyncio.run(loadgen.open_loop(send, 50, 0.6, 1000, arrivals="constant", warmup=0,
                                       trace=trace))
     assert result["scheduled"] == result["sent"] == result["requests"] == 30
     assert result["dropped"] == result["errors"] == result["rejected"] == 0
@@ -73,10 +72,10 @@ def test_open_loop_latency_runs_from_the_scheduled_time() -> None:
         if k == 0:
             time.sleep(0.3)
         await asyncio.sleep(0.001)
-        return lg.OK
+        return loadgen.OK
 
     trace: list = []
-    result = asyncio.run(lg.open_loop(send, 50, 1.0, 1000, arrivals="constant", warmup=0,
+    result = asyncio.run(loadgen.open_loop(send, 50, 1.0, 1000, arrivals="constant", warmup=0,
                                       trace=trace))
     assert result["requests"] == 50
     by_k = {k: (due, sent, answered) for k, due, sent, answered, _ in trace}
@@ -90,11 +89,11 @@ def test_open_loop_latency_runs_from_the_scheduled_time() -> None:
 
 def test_open_loop_count_and_time_bounds() -> None:
     t0 = time.perf_counter()
-    result = asyncio.run(lg.open_loop(_ok, 1000, 30, 10, warmup=0))
+    result = asyncio.run(loadgen.open_loop(_ok, 1000, 30, 10, warmup=0))
     assert result["scheduled"] == result["sent"] == result["requests"] == 10
     assert time.perf_counter() - t0 < 2  # the count ended it, not the 30 s
     t0 = time.perf_counter()
-    result = asyncio.run(lg.open_loop(_ok, 100, 0.3, 10**6, arrivals="constant", warmup=0))
+    result = asyncio.run(loadgen.open_loop(_ok, 100, 0.3, 10**6, arrivals="constant", warmup=0))
     assert result["scheduled"] == result["requests"] == 30
     assert time.perf_counter() - t0 < 1.3
 
@@ -102,11 +101,11 @@ def test_open_loop_count_and_time_bounds() -> None:
 def test_open_loop_in_flight_cap_drops_and_drain_timeout_bounds_the_wait() -> None:
     async def hang(k: int) -> str:
         await asyncio.sleep(3600)
-        return lg.OK
+        return loadgen.OK
 
     t0 = time.perf_counter()
     trace: list = []
-    result = asyncio.run(lg.open_loop(hang, 100, 0.1, 1000, arrivals="constant",
+    result = asyncio.run(loadgen.open_loop(hang, 100, 0.1, 1000, arrivals="constant",
                                       max_in_flight=3, drain_timeout=0.2, warmup=0, trace=trace))
     assert time.perf_counter() - t0 < 2
     assert (result["scheduled"], result["sent"], result["dropped"]) == (10, 3, 7)
@@ -116,16 +115,16 @@ def test_open_loop_in_flight_cap_drops_and_drain_timeout_bounds_the_wait() -> No
 
 async def _mixed(k: int) -> str:
     if k % 3 == 0:
-        return lg.REJECTED
+        return loadgen.REJECTED
     if k % 3 == 1:
         raise ConnectionError("refused")
-    return lg.OK
+    return loadgen.OK
 
 
 def test_outcomes_are_counted_apart() -> None:
-    result = asyncio.run(lg.open_loop(_mixed, 300, 1.0, 30, arrivals="constant", warmup=0))
+    result = asyncio.run(loadgen.open_loop(_mixed, 300, 1.0, 30, arrivals="constant", warmup=0))
     assert (result["requests"], result["errors"], result["rejected"]) == (10, 10, 10)
-    result = asyncio.run(lg.closed_loop(_mixed, 3, 5.0, 30, warmup=0))
+    result = asyncio.run(loadgen.closed_loop(_mixed, 3, 5.0, 30, warmup=0))
     assert (result["requests"], result["errors"], result["rejected"]) == (10, 10, 10)
 
 
@@ -138,31 +137,31 @@ def test_closed_loop_keeps_c_in_flight_and_is_bounded() -> None:
         peak = max(peak, active)
         await asyncio.sleep(0.01)
         active -= 1
-        return lg.OK
+        return loadgen.OK
 
     t0 = time.perf_counter()
-    result = asyncio.run(lg.closed_loop(send, 4, 30.0, 40, warmup=0))
+    result = asyncio.run(loadgen.closed_loop(send, 4, 30.0, 40, warmup=0))
     assert time.perf_counter() - t0 < 2
     assert result["requests"] == 40 and peak == 4
     # the count ended the point early: throughput over the time it took (~400/s), not 30 s
     assert result["throughput_rps"] > 100
     t0 = time.perf_counter()
-    result = asyncio.run(lg.closed_loop(send, 2, 0.2, 10**6, warmup=0))
+    result = asyncio.run(loadgen.closed_loop(send, 2, 0.2, 10**6, warmup=0))
     assert time.perf_counter() - t0 < 1
     assert 5 < result["requests"] <= 42
 
 
 def test_load_checks_and_command_line() -> None:
     with pytest.raises(ValueError):
-        lg.Load(1.0, 10)
+        loadgen.Load(1.0, 10)
     with pytest.raises(ValueError):
-        lg.Load(1.0, 10, concurrency=2, rate=5.0)
-    load = lg.Load(2.5, 100, rate=40.0, arrivals="constant", seed=7, max_in_flight=9)
+        loadgen.Load(1.0, 10, concurrency=2, rate=5.0)
+    load = loadgen.Load(2.5, 100, rate=40.0, arrivals="constant", seed=7, max_in_flight=9)
     argv = load.argv()
     for flag, value in (("--rate", "40.0"), ("--arrivals", "constant"), ("--seed", "7"),
                         ("--max-in-flight", "9"), ("--duration", "2.5")):
         assert argv[argv.index(flag) + 1] == value
-    assert "--concurrency" in lg.Load(1.0, 10, concurrency=3).argv()
+    assert "--concurrency" in loadgen.Load(1.0, 10, concurrency=3).argv()
 
 
 async def _tiny_http_server(close_after_each: bool = False):
@@ -196,9 +195,9 @@ async def _tiny_http_server(close_after_each: bool = False):
 def test_http_sender_against_a_tiny_server(protocol: str) -> None:
     async def main():
         server, url, bodies = await _tiny_http_server()
-        send, close = await lg.sender(protocol, url, ["dog", "cat"],
+        send, close = await loadgen.sender(protocol, url, ["dog", "cat"],
                                       [b"\xff\xd8one", b"\xff\xd8two"], connections=2)
-        result = await lg.open_loop(send, 200, 1.0, 40, arrivals="constant", warmup=0)
+        result = await loadgen.open_loop(send, 200, 1.0, 40, arrivals="constant", warmup=0)
         await close()
         server.close()
         await server.wait_closed()
@@ -217,11 +216,11 @@ def test_http_sender_against_a_tiny_server(protocol: str) -> None:
 def test_http_sender_reopens_a_connection_the_server_closed() -> None:
     async def main():
         server, url, bodies = await _tiny_http_server(close_after_each=True)
-        send, close = await lg.sender("triton", url, [], [b"\xff\xd8x"], connections=1)
+        send, close = await loadgen.sender("triton", url, [], [b"\xff\xd8x"], connections=1)
         outcomes = [await send(k) for k in range(3)]
         await close()
         server.close()
         await server.wait_closed()
         return outcomes
 
-    assert asyncio.run(main()) == [lg.OK, lg.OK, lg.OK]
+    assert asyncio.run(main()) == [loadgen.OK, loadgen.OK, loadgen.OK]

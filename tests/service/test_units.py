@@ -10,16 +10,19 @@ import time
 import numpy as np
 import pytest
 
+from artifact.errors import ArtifactError
+from artifact.loader import load_artifact
+from artifact.manifest import Calibration
+from ml2p_cli import build_parser
 from service import protos
-from service.artifact import Calibration, load_artifact
-from service.cli import build_parser, settings_from
-from service.engine.batcher import DynamicBatcher
-from service.engine.labels import LabelCache, clean_labels
-from service.engine.scoring import rank, score
-from service.engine.vocabularies import VocabularyStore
-from service.errors import ArtifactError, DeadlineExceeded, InvalidRequest, LabelError, QueueFull
+from service.cli import settings_from
+from service.errors import DeadlineExceeded, InvalidRequest, LabelError, LabelTooLong, QueueFull
 from service.metrics import batch_buckets
-from service.runtime import LabelTooLong, create_engine
+from service.pipeline.batcher import DynamicBatcher
+from service.pipeline.labels import LabelCache, clean_labels
+from service.pipeline.scoring import rank, score
+from service.pipeline.vocabularies import VocabularyStore
+from service.runtime import create_engine
 from service.settings import Settings
 
 
@@ -247,7 +250,7 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
     from fastapi.testclient import TestClient
 
     from service.api.http import create_app
-    from service.server import build_service
+    from service.pipeline import build_service
 
     def until_ready(client: TestClient) -> int:
         deadline = time.monotonic() + 10

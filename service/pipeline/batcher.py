@@ -64,16 +64,9 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._running = 0
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._refusal = ""  # once set (refuse_queued, close): why new images are refused
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ml2p-infer")
         self._task: asyncio.Task | None = None
-
-    @property
-    def depth(self) -> int:
-        """Images waiting (not yet dispatched)."""
-        return len(self._queue)
 
     def start(self) -> None:
         if self._task is None:
@@ -91,7 +84,6 @@ class DynamicBatcher:
         now = time.perf_counter()
         items = [_Item(a, loop.create_future(), now, deadline) for a in arrays]
         self._queue.extend(items)
-        self._idle.clear()
         self._set_depth()
         self._wake.set()
         try:
@@ -112,7 +104,6 @@ class DynamicBatcher:
             batch = self._take_batch()
             if not batch:
                 slots.release()
-                self._check_idle()
                 continue
             self._running += 1
             asyncio.get_running_loop().create_task(self._execute(batch, slots))
@@ -159,7 +150,6 @@ class DynamicBatcher:
         finally:
             self._running -= 1
             slots.release()
-            self._check_idle()
             self._wake.set()
         if outputs is None:
             return
@@ -180,17 +170,9 @@ class DynamicBatcher:
             time.sleep(self._simulate_s)
         return self._run(batch)
 
-    def _check_idle(self) -> None:
-        if not self._queue and self._running == 0:
-            self._idle.set()
-
     def _set_depth(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.set(len(self._queue))
-
-    async def wait_idle(self) -> None:
-        """Until nothing is queued or running."""
-        await self._idle.wait()
 
     def refuse_queued(self, message: str) -> int:
         """Fail every queued image, and any submitted later, with Unavailable(message); the
@@ -206,7 +188,6 @@ class DynamicBatcher:
                 refused += 1
         self._queue.clear()
         self._set_depth()
-        self._check_idle()
         return refused
 
     async def close(self) -> None:

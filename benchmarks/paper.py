@@ -86,8 +86,8 @@ ABLATIONS = (
     ("ml2p-noproj", "ML2P no label projection (D = 384)", "ml2p-noproj"),
     ("ml2p-noevidence", "ML2P no ImageNet evidence", "ml2p-noevidence"),
 )
-ENGINES = {"onnxruntime": "onnxruntime (the exported ONNX graph of each part)",
-           "torch": "PyTorch eager"}
+TIMING_ENGINES = {"onnxruntime": "onnxruntime (the exported ONNX graph of each part)",
+                  "torch": "PyTorch eager"}
 # the paper configuration (cost only): VGG19-BN taps at 224, D = 300 word vectors
 PAPER_BACKBONE = "vgg19_bn"
 PAPER_DIM = 300
@@ -106,7 +106,7 @@ def resolve_config(recipe: str, epochs: int | None = None, seed: int = 0):  # no
 
     A training-free recipe (epochs 0) stays at 0 whatever the budget.
     """
-    from models.cli import load_recipe
+    from models.recipes import load_recipe
     from models.train import TrainConfig
 
     data = copy.deepcopy(load_recipe(recipe))
@@ -143,7 +143,7 @@ def config_hash(config) -> str:  # noqa: ANN001 - TrainConfig
 
 
 def checkpoint_root() -> Path:
-    from models.features import cache_root
+    from models.data.base import cache_root
 
     return cache_root() / "checkpoints"
 
@@ -589,7 +589,7 @@ def markdown(report: dict) -> str:
         "Cost: params in millions and GFLOPs per image as backbone / head (GFLOPs counted from "
         "each part's ONNX graph by `models.flops.count_flops`, 1 multiply-add = 2 FLOPs, "
         f"Conv/MatMul/Gemm; the head includes scoring {SCORED_LABELS} labels); latency in ms "
-        f"per image, end to end (backbone + head), {ENGINES[report.get('engine', 'torch')]} "
+        f"per image, end to end (backbone + head), {TIMING_ENGINES[report.get('engine', 'torch')]} "
         f"fp32 on this CPU, {report['threads']} thread(s), median of "
         f"{report['runs_per_point']} runs after 3 warm-up runs (p10–p90), every point timed "
         "round-robin in one loop so that load from other jobs falls on all methods alike.",
@@ -805,6 +805,38 @@ def figure(report: dict, path: Path) -> Path:
 # ------------------------------------------------------------------ the command
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `ml2p bench paper`."""
+    parser.add_argument("--budget", choices=["small", "full"], default="small",
+                        help="small: every run at the small epoch budget; full: the recipes' "
+                             "epochs and 3 seeds for the main methods (ablations stay small)")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="training seeds of the main methods (default: 0 small, 0 1 2 full)")
+    parser.add_argument("--ml2p-checkpoint", nargs="+", metavar="CKPT",
+                        help="use these default-model checkpoints for the ML2P row instead of "
+                             "training the default recipe through the cache")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        choices=["conse", "conse-all", "fast0tag", "lesa", "biam", "ml2p"],
+                        help="only these main methods (default: all)")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ML2P ablations")
+    parser.add_argument("--no-paper-config", action="store_true",
+                        help="skip the VGG19-BN paper-configuration cost measurement")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per latency point")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for training and timing")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="checkpoints trained at once, each in its own process with "
+                             "--threads threads (e.g. --jobs 2 on 2 cores)")
+    parser.add_argument("--engine", choices=["onnxruntime", "torch"], default="onnxruntime",
+                        help="latency on the exported ONNX graphs in onnxruntime (the serving "
+                             "engine) or in PyTorch eager")
+    parser.add_argument("--bootstrap", type=int, default=200,
+                        help="bootstrap resamples of test images for the mAP intervals")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/paper_comparison.json"))
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or find) every checkpoint and stop")
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -845,8 +877,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from models.evaluate import evaluate_methods
 
-    command = "ml2p bench paper " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "paper"]
-                                             else [])
+    command = " ".join(["ml2p bench paper", *args.argv])
     main = {k: [checkpoints[k][s] for s in sorted(checkpoints[k])] for k, _, _ in MAIN
             if k in checkpoints}
     log.info("evaluating %s", list(main))
@@ -922,3 +953,14 @@ def _cost_rank(key: str) -> int:
     """Cheap runs first, so a partial run already has most of the table."""
     order = ["conse", "conse-all", "fast0tag", "lesa", "ml2p"]
     return order.index(key) if key in order else (10 if key == "biam" else 5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="ml2p bench paper", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv, argparse.Namespace(argv=argv)))
+
+
+if __name__ == "__main__":
+    main()

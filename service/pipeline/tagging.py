@@ -1,7 +1,8 @@
 """The tagging service: one per process, shared by REST and gRPC.
 
 Owns the runtime engine, the dynamic batcher, the label cache, the vocabularies, readiness and
-drain. API layers call `tag(...)` and the vocabulary methods and translate `ServiceError`s.
+drain. API layers call `tag(...)` and the vocabulary methods and translate `ServiceError`s;
+`build_service` is the one way both servers and the CLI create it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from enum import StrEnum
 
 import numpy as np
 
-from service.engine.batcher import DynamicBatcher
-from service.engine.labels import CleanLabels, LabelCache, LabelEmbedder, clean_labels
-from service.engine.scoring import Tag, rank, score, scoring_gflops
-from service.engine.vocabularies import Vocabulary, VocabularyStore
+from artifact.gflops import scoring_gflops
+from artifact.imaging import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
+from artifact.loader import load_artifact
 from service.errors import (
     DeadlineExceeded,
     ImageTooLarge,
@@ -28,8 +28,20 @@ from service.errors import (
     QueueFull,
     Unavailable,
 )
-from service.imaging import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
 from service.metrics import Metrics
+from service.pipeline.batcher import DynamicBatcher
+from service.pipeline.labels import CachedLabelEncoder, CleanLabels, LabelCache, clean_labels
+from service.pipeline.scoring import Tag, rank, score
+from service.pipeline.vocabularies import Vocabulary, VocabularyStore
+from service.results import (
+    BatchTimings,
+    Gflops,
+    ImageGflops,
+    ImageTimings,
+    ModelRef,
+    Timings,
+)
+from service.runtime import create_engine
 from service.runtime.base import Engine
 from service.settings import Settings
 
@@ -56,13 +68,13 @@ class TagOptions:
 class ImageResult:
     tags: list[Tag]
     batch_size: int
-    timings_ms: dict[str, float]  # decode, preprocess, queue, inference, scoring
-    gflops: dict[str, float]  # image, scoring
+    timings_ms: ImageTimings
+    gflops: ImageGflops
 
 
 @dataclass
 class TagOutcome:
-    model: dict[str, str]
+    model: ModelRef
     results: list[ImageResult]
     duplicates_removed: list[str]
     labels_ms: float
@@ -70,9 +82,20 @@ class TagOutcome:
     total_ms: float = 0.0
     cache_misses: int = 0
 
-    @property
-    def gflops_total(self) -> float:
-        return self.labels_gflops + sum(sum(r.gflops.values()) for r in self.results)
+    def timings(self, index: int = 0) -> Timings:
+        """Image `index`'s stage timings with the request's label and total times."""
+        return Timings(**self.results[index].timings_ms.model_dump(), labels=self.labels_ms,
+                       total=self.total_ms)
+
+    def batch_timings(self) -> BatchTimings:
+        return BatchTimings(labels=self.labels_ms, total=self.total_ms)
+
+    def gflops(self) -> Gflops:
+        """The whole request's GFLOPs: every image, its scoring and the labels embedded."""
+        image = sum(r.gflops.image for r in self.results)
+        scoring = sum(r.gflops.scoring for r in self.results)
+        return Gflops(image=image, labels=self.labels_gflops, scoring=scoring,
+                      total=image + scoring + self.labels_gflops)
 
 
 async def _timed(work):
@@ -102,7 +125,8 @@ class TaggingService:
                                                    thread_name_prefix="ml2p-pre")
         self._label_pool = ThreadPoolExecutor(1, thread_name_prefix="ml2p-labels")
         self.cache = LabelCache(settings.label_cache_size)
-        self.embedder = LabelEmbedder(engine, self.cache, self._label_pool, self.metrics)
+        self.label_encoder = CachedLabelEncoder(engine, self.cache, self._label_pool,
+                                                self.metrics)
         self.batcher: DynamicBatcher | None = None
         self._in_flight = 0
         self._images_in_flight = 0
@@ -158,10 +182,6 @@ class TaggingService:
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """Until warm-up has finished (True when READY)."""
         await asyncio.wait_for(asyncio.shield(self._warmup_task), timeout)
-        return self.state is State.READY
-
-    @property
-    def ready(self) -> bool:
         return self.state is State.READY
 
     async def drain(self, timeout: float) -> bool:
@@ -251,7 +271,7 @@ class TaggingService:
         finally:
             self._exit(len(images))
         outcome.total_ms = _ms(time.perf_counter() - start)
-        self.metrics.gflops.inc(outcome.gflops_total)
+        self.metrics.gflops.inc(outcome.gflops().total)
         return outcome
 
     async def _tag(self, images: list[bytes], labels: list[str] | None, vocabulary: str | None,
@@ -270,7 +290,7 @@ class TaggingService:
                                  field="labels")
         if labels is not None:
             clean = self.clean(labels)
-            label_work = self.embedder.embed(clean)
+            label_work = self.label_encoder.embed(clean)
         else:
             vocab = self.vocabularies.get(vocabulary)  # type: ignore[arg-type]
             clean = self._vocab_clean(vocab)
@@ -304,14 +324,14 @@ class TaggingService:
         results = [
             ImageResult(
                 tags=tags, batch_size=out.batch_size,
-                timings_ms={"decode": _ms(pre[1]), "preprocess": _ms(pre[2]),
-                            "queue": _ms(out.queue_s), "inference": _ms(out.inference_s),
-                            "scoring": _ms(scoring_s)},
-                gflops={"image": m.gflops.image, "scoring": per_image_scoring})
+                timings_ms=ImageTimings(decode=_ms(pre[1]), preprocess=_ms(pre[2]),
+                                        queue=_ms(out.queue_s), inference=_ms(out.inference_s),
+                                        scoring=_ms(scoring_s)),
+                gflops=ImageGflops(image=m.gflops.image, scoring=per_image_scoring))
             for tags, pre, out in zip(tag_lists, prepared, outputs, strict=True)
         ]
         return TagOutcome(
-            model={"name": m.name, "version": m.version}, results=results,
+            model=ModelRef(name=m.name, version=m.version), results=results,
             duplicates_removed=clean.duplicates, labels_ms=_ms(labels_s),
             labels_gflops=m.gflops.label * misses, cache_misses=misses)
 
@@ -353,7 +373,7 @@ class TaggingService:
             return vocab.embeddings, 0
         task = self._vocab_tasks.get(vocab.name)
         if task is None or task.cancelled():
-            task = asyncio.ensure_future(self.embedder.embed(self._vocab_clean(vocab)))
+            task = asyncio.ensure_future(self.label_encoder.embed(self._vocab_clean(vocab)))
             self._vocab_tasks[vocab.name] = task
         matrix, misses = await asyncio.shield(task)  # a timed-out request keeps the work
         vocab.embeddings = matrix
@@ -369,7 +389,7 @@ class TaggingService:
         self.check_ready()
         clean = self.clean(labels, limit=self.settings.max_vocabulary_labels)
         await asyncio.get_running_loop().run_in_executor(
-            self._preprocess_pool, self.engine.tokenizer.check, clean.texts)
+            self._preprocess_pool, self.engine.check_labels, clean.texts)
         vocab, created = self.vocabularies.put(name, clean.texts)
         vocab.clean = clean
         self._vocab_tasks.pop(name, None)
@@ -391,7 +411,15 @@ class TaggingService:
             "backbone": m.backbone, "groups": m.groups, "dim": m.dim,
             "input_size": self.artifact.preprocessing.size,
             "label_embedder": m.label_embedder.model_dump(),
-            "gflops": m.gflops.model_dump(), "calibrated": m.calibration is not None,
+            "gflops": m.gflops.model_dump(exclude_none=True),
+            "calibrated": m.calibration is not None,
             "accuracy": m.accuracy, "created": m.created,
             "vocabularies": self.vocabularies.names(),
         }
+
+
+def build_service(settings: Settings) -> TaggingService:
+    """Load + check the artifact and create the engine (raises ArtifactError/EngineUnavailable)."""
+    artifact = load_artifact(settings.model)
+    engine = create_engine(settings, artifact)
+    return TaggingService(settings, engine, Metrics(settings.max_batch_size))

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import LabelError
+from service.errors import LabelError, LabelTooLong
 from service.metrics import Metrics
-from service.runtime.base import Engine, LabelTooLong
+from service.runtime.base import Engine
 
 # Misses beyond this are embedded in several text-engine batches of this size.
 EMBED_CHUNK = 512
@@ -95,7 +95,7 @@ class LabelCache:
         return len(self._data)
 
 
-class LabelEmbedder:
+class CachedLabelEncoder:
     """Embeds labels through the cache: a request's misses go to the text engine together."""
 
     def __init__(self, engine: Engine, cache: LabelCache, executor: Executor,
@@ -127,7 +127,7 @@ class LabelEmbedder:
         return np.stack(rows), len(missing)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        self.engine.tokenizer.check(texts)  # reject before spending any compute
+        self.engine.check_labels(texts)  # reject before spending any compute
         parts = [self.engine.encode_labels(texts[i:i + EMBED_CHUNK])
                  for i in range(0, len(texts), EMBED_CHUNK)]
         return np.concatenate(parts).astype(np.float32, copy=False)

@@ -1,4 +1,4 @@
-"""Test helpers: a tiny, torch-free model artifact that satisfies the artifact contract.
+"""Test and benchmark helpers: a tiny, torch-free model artifact that satisfies the contract.
 
 `write_tiny_artifact(dir)` builds `visual.onnx` (4x4 average pool + MatMul -> [N,G,D]),
 `text.onnx` (token embedding, masked mean, L2 norm -> [N,D]), a small BERT-style WordPiece
@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import io
-import json
 import socket
 import string
 from datetime import UTC, datetime
@@ -16,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.imaging import Preprocessing
+from artifact.imaging import Preprocessing
 
 _WORDS = (
     "aeroplane bicycle bird boat bottle bus car cat chair cow dining table dog horse motorbike "
     "person potted plant sheep sofa train tv monitor red green blue black white sky tree grass "
     "water sun beach road street house city animal dark bright photo of a the"
 )
-WORDS = _WORDS.split()
+TOKENIZER_WORDS = _WORDS.split()
 
 
 def _tokenizer(path: Path) -> int:
@@ -33,7 +32,7 @@ def _tokenizer(path: Path) -> int:
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
     chars = string.ascii_lowercase + string.digits
     pieces += list(chars) + [f"##{c}" for c in chars] + list(string.punctuation)
-    pieces += [w for w in dict.fromkeys(WORDS) if w not in pieces]
+    pieces += [w for w in dict.fromkeys(TOKENIZER_WORDS) if w not in pieces]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=200))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -112,7 +111,7 @@ def _text(path: Path, vocab_size: int, dim: int, seed: int) -> None:
 
 def write_tiny_artifact(
     out: str | Path, *, size: int = 32, groups: int = 3, dim: int = 16, max_tokens: int = 16,
-    seed: int = 0, **manifest_overrides: object,
+    seed: int = 0,
 ) -> Path:
     """Write a complete tiny artifact to `out` and return the directory."""
     out = Path(out)
@@ -120,12 +119,14 @@ def write_tiny_artifact(
     vocab_size = _tokenizer(out / "tokenizer.json")
     _visual(out / "visual.onnx", size, groups, dim, seed)
     _text(out / "text.onnx", vocab_size, dim, seed + 1)
+    from artifact.manifest import Manifest, PreprocessingSpec
+
     manifest = {
         "name": "tiny-test",
         "version": "0.0.1",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": "tiny-avgpool",
-        "preprocessing": Preprocessing(size=size).to_manifest(),
+        "preprocessing": PreprocessingSpec.of(Preprocessing(size=size)),
         "groups": groups,
         "dim": dim,
         "label_embedder": {"kind": "wordpiece-mean", "model_id": "tiny", "max_tokens": max_tokens},
@@ -134,10 +135,9 @@ def write_tiny_artifact(
                    "label": round(2 * 8 * dim / 1e9, 9), "label_tokens": 8},
         "calibration": {"kind": "logistic", "a": 8.0, "b": -2.0},
         "accuracy": {},
-        "provenance": {"generator": "service.testing.write_tiny_artifact", "seed": seed},
+        "provenance": {"generator": "artifact.testing.write_tiny_artifact", "seed": seed},
     }
-    manifest.update(manifest_overrides)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out / "manifest.json").write_text(Manifest.model_validate(manifest).to_json())
     return out
 
 

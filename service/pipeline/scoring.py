@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.artifact import Calibration
+from artifact.manifest import Calibration
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,6 @@ def score(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Each label's score is independent of the others (no softmax over the candidates).
     """
     return np.matmul(groups, labels.T).max(axis=1)
-
-
-def scoring_gflops(groups: int, dim: int, n_labels: int) -> float:
-    """Multiply-adds of `score` for one image, 1 MAC = 2 FLOPs."""
-    return 2.0 * groups * dim * n_labels / 1e9
 
 
 def rank(scores: np.ndarray, labels: list[str], *, top_k: int | None = None,

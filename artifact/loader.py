@@ -1,9 +1,9 @@
-"""The model artifact: manifest schema, loading and validation against the graphs.
+"""Loading an artifact directory and checking its graphs against the manifest.
 
 An artifact directory holds `manifest.json`, `visual.onnx` (`image [N,3,H,W]` -> `groups
 [N,G,D]`), `text.onnx` (`input_ids`, `attention_mask [N,T]` -> `embedding [N,D]`) and
-`tokenizer.json` (see ../shared/ARCHITECTURE.md). Anything missing, unreadable or disagreeing
-with the manifest raises `ArtifactError` with one message naming the file and the problem.
+`tokenizer.json` (docs/architecture.md). Anything missing, unreadable or disagreeing with the
+manifest raises `ArtifactError` with one message naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -11,81 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from service.errors import ArtifactError
-from service.imaging import Preprocessing
+from artifact.errors import ArtifactError
+from artifact.imaging import Preprocessing
+from artifact.manifest import Manifest
 
 # Graph I/O names fixed by the artifact contract.
 VISUAL_INPUT, VISUAL_OUTPUT = "image", "groups"
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "embedding"
-
-
-class _Open(BaseModel):
-    """Manifest sections tolerate extra keys (newer exporters may add fields)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class PreprocessingSpec(_Open):
-    size: int = Field(gt=0)
-    resize: str = "squash-bilinear"
-    mean: list[float] = Field(min_length=3, max_length=3)
-    std: list[float] = Field(min_length=3, max_length=3)
-    color: str = "RGB"
-    layout: str = "NCHW"
-    scale: str = "pixel / 255"
-
-
-class LabelEmbedder(_Open):
-    kind: str
-    model_id: str
-    max_tokens: int = Field(gt=1, description="token limit incl. special tokens; longer -> 422")
-
-
-class ArtifactFiles(_Open):
-    visual: str = "visual.onnx"
-    text: str = "text.onnx"
-    tokenizer: str = "tokenizer.json"
-
-
-class Gflops(_Open):
-    image: float = Field(ge=0, description="GFLOPs of one image through visual.onnx")
-    label: float = Field(ge=0, description="GFLOPs of one label through text.onnx")
-    label_tokens: int = Field(0, ge=0, description="token length `label` was counted at")
-
-
-class Calibration(_Open):
-    kind: Literal["logistic"] = "logistic"
-    a: float
-    b: float
-
-    def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """p = sigmoid(a * score + b), elementwise."""
-        z = self.a * np.asarray(scores, np.float64) + self.b
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
-
-
-class Manifest(_Open):
-    """`manifest.json` of an artifact."""
-
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    created: str = ""
-    backbone: str
-    preprocessing: PreprocessingSpec
-    groups: int = Field(gt=0, description="G, principal vectors per image")
-    dim: int = Field(gt=0, description="D, label-embedding dimension")
-    label_embedder: LabelEmbedder
-    files: ArtifactFiles = Field(default_factory=ArtifactFiles)
-    gflops: Gflops
-    calibration: Calibration | None = None
-    accuracy: dict[str, Any] = Field(default_factory=dict)
-    provenance: dict[str, Any] = Field(default_factory=dict)
-    variants: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +59,8 @@ def load_artifact(path: str | Path) -> Artifact:
         )
         raise ArtifactError(path, f"manifest.json is invalid: {problems}") from None
     try:
-        preprocessing = Preprocessing.from_manifest(manifest.preprocessing.model_dump())
-    except (ValueError, KeyError) as exc:
+        preprocessing = manifest.preprocessing.build()
+    except ValueError as exc:
         raise ArtifactError(path, f"manifest.json preprocessing: {exc}") from None
     artifact = Artifact(path=path, manifest=manifest, preprocessing=preprocessing)
     for role in ("visual", "text", "tokenizer"):

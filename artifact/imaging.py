@@ -1,6 +1,7 @@
 """Image decoding and preprocessing, shared by training (feature cache) and serving.
 
-Numpy + Pillow only: the serving side must not import torch.
+Numpy + Pillow only: the serving side must not import torch, and the Triton peer of the
+serving benchmark loads this module in an environment without the project's other packages.
 """
 
 from __future__ import annotations
@@ -47,27 +48,6 @@ class Preprocessing:
     mean: tuple[float, float, float] = field(default=LITE_MEAN)
     std: tuple[float, float, float] = field(default=LITE_STD)
     color: str = "RGB"
-
-    def to_manifest(self) -> dict:
-        return {
-            "size": self.size,
-            "resize": self.resize,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "color": self.color,
-            "layout": "NCHW",
-            "scale": "pixel / 255",
-        }
-
-    @classmethod
-    def from_manifest(cls, data: dict) -> Preprocessing:
-        if data.get("resize", "squash-bilinear") != "squash-bilinear":
-            raise ValueError(f"unsupported resize rule {data.get('resize')!r}")
-        return cls(
-            size=int(data["size"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-        )
 
 
 def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 224) -> Image.Image:

@@ -1,4 +1,5 @@
-"""Named label sets: built-ins plus caller-defined ones stored as JSON files in a directory.
+"""Named label sets: built-ins (packaged in `artifact.vocabularies`) plus caller-defined ones
+stored as JSON files in a directory.
 
 A replica's vocabularies are its own; several replicas share them by mounting one directory
 (each loads the files at start-up). Built-ins are read-only.
@@ -17,30 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.engine.labels import CleanLabels
+from artifact.vocabularies import BUILTIN
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.pipeline.labels import CleanLabels
 
 log = logging.getLogger("ml2p.vocabularies")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def _voc_labels(path: Path) -> list[str]:
-    return [c["label"] for c in json.loads(path.read_text(encoding="utf-8"))["classes"]]
-
-
-def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# name -> (data file, reader). Read as data files: the service never imports `models`.
-BUILTINS = {
-    "nus-wide-81": (_REPO / "service" / "assets" / "nus_wide_81.txt", _lines),
-    "voc-20": (_REPO / "models" / "assets" / "voc_classes.json", _voc_labels),
-    "imagenet-1k": (_REPO / "models" / "assets" / "imagenet_classes.txt", _lines),
-}
 
 
 @dataclass
@@ -72,13 +57,10 @@ class VocabularyStore:
         self._builtins = builtins
 
     def load(self) -> None:
-        """Read the built-ins (skipping missing data files) and every stored vocabulary."""
+        """Read the built-ins and every stored vocabulary."""
         if self._builtins:
-            for name, (path, reader) in BUILTINS.items():
-                if not path.is_file():
-                    log.info("built-in vocabulary %s skipped: %s not found", name, path)
-                    continue
-                self._items[name] = Vocabulary(name, reader(path), builtin=True, created="")
+            for name, labels in BUILTIN.items():
+                self._items[name] = Vocabulary(name, labels(), builtin=True, created="")
         if not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob("*.json")):

@@ -1,125 +1,18 @@
-"""`ml2p bench paper` and the shared training path of the baselines (fast, synthetic).
-
-- every trainable baseline trains through the real `Trainer` (its loss dispatch, distillation
-  on) on a tiny synthetic feature set, and its ranking loss falls;
-- ConSE goes through `train_any`: a checkpoint without steps, class vectors and exclusion set;
-- checkpoints are cached by the hash of their training configuration;
-- recipes are override sets over the default; the table writer and the figure.
-(Head shapes and per-head loss decrease on a raw batch: tests/models/test_baselines.py.)
-"""
+"""`ml2p bench paper` (benchmarks/paper.py): checkpoints cached by the hash of their training
+configuration, recipes as override sets over the default, the table writer and the figure,
+the CLI wiring (fast, no training)."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from models import bench_paper
-from models.train import SplitData, TrainConfig
-
-LITE0 = ((40, 28), (112, 14), (320, 7))
-LABELS = ["red thing", "blue thing", "green thing", "round thing", "goldfish", "tall thing"]
-SEEN = np.array([True, True, True, True, False, False])
-
-
-class FakeEmbedder:
-    """Deterministic 384-d unit vectors per text (no model download in unit tests)."""
-
-    dim = 384
-    kind = "minilm"
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out.append(v / np.linalg.norm(v))
-        return np.stack(out)
-
-
-def synthetic_split(name: str, n: int, seed: int) -> SplitData:
-    """Images whose taps carry a per-label signal, so the ranking is learnable."""
-    rng = np.random.default_rng(seed)
-    targets = (rng.random((n, len(LABELS))) < 0.35).astype(np.int8)
-    targets[np.arange(n), rng.integers(0, len(LABELS), n)] = 1  # every image has a positive
-    signal = rng.standard_normal((len(LABELS), 1, 1, 1)).astype(np.float32)
-    taps = []
-    for channels, size in LITE0:
-        codes = rng.standard_normal((len(LABELS), channels, 1, 1)).astype(np.float32)
-        noise = 0.5 * rng.standard_normal((n, channels, size, size)).astype(np.float32)
-        tap = noise + np.einsum("nl,lchw->nchw", targets.astype(np.float32), codes * signal)
-        taps.append(tap.astype(np.float16))
-    logits = rng.standard_normal((n, 1000)).astype(np.float32)
-    cache = argparse.Namespace(taps=tuple(taps), logits=logits, valid=np.ones(n, bool))
-    return SplitData(name, cache, np.arange(n), targets, list(LABELS), SEEN.copy())
-
-
-@pytest.fixture
-def synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    import models.train as train_module
-
-    def load_split(dataset: str, split: str, backbone: str, limit=None, seed: int = 0):  # noqa: ANN001
-        return synthetic_split(dataset, 24 if split == "train" else 12,
-                               0 if split == "train" else 1)
-
-    monkeypatch.setattr(train_module, "load_split", load_split)
-    monkeypatch.setattr(train_module, "unseen_labels", lambda datasets: {"goldfish", "tall thing"})
-    monkeypatch.setattr(train_module, "create_embedder", lambda kind: FakeEmbedder())
-
-
-def config_for(head: str, **changes) -> TrainConfig:
-    model = {"name": f"{head}-test", "backbone": "efficientnet_lite0", "head": head,
-             "head_kwargs": {}, "embedder": {"kind": "minilm"}, "dim": 32,
-             "label_projection": True}
-    if head == "ml2p":
-        model["head_kwargs"] = {"groups": 3, "widths": [16, 16, 32]}
-    base = {"model": model, "datasets": ("synthetic",), "eval_datasets": ("synthetic",),
-            "epochs": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "distill_weight": 0.1}
-    return TrainConfig(**{**base, **changes})
-
-
-@pytest.mark.parametrize("head", ["fast0tag", "lesa", "biam", "ml2p"])
-def test_trains_through_trainer(head: str, synthetic: None, tmp_path: Path) -> None:
-    from models.tagger import load_checkpoint
-    from models.training_free import train_any
-
-    result = train_any(config_for(head), tmp_path)
-    history = result["history"]
-    first, last = history[0]["rank"], history[-1]["rank"]
-    print(f"{head}: rank loss {first:.4f} → {last:.4f}")
-    assert last < first
-    assert "distill" in history[0]  # the distillation option is live for every head
-    assert set(history[-1]["val"]["synthetic"]) == {"zsl", "gzsl"}
-    tagger = load_checkpoint(result["checkpoint"])
-    assert tagger.config["head"] == head
-
-
-def test_conse_is_training_free(synthetic: None, tmp_path: Path) -> None:
-    from models.tagger import load_checkpoint
-    from models.train import predict
-    from models.training_free import train_any
-
-    config = config_for("conse", epochs=0, distill_weight=0.0)
-    config.model.update(dim=384, label_projection=False, head_kwargs={"top_t": 10})
-    result = train_any(config, tmp_path)
-    assert [r["epoch"] for r in result["history"]] == [0]
-    assert not (tmp_path / "train_state.pt").exists()  # no optimiser steps
-    tagger = load_checkpoint(result["checkpoint"])
-    head = tagger.head
-    assert bool(head.class_vectors.any())
-    assert bool(head.excluded[1])  # ImageNet class 1 is "goldfish", an unseen label here
-    config.model["head_kwargs"] = {"top_t": 10, "exclude_unseen": False}  # conse-all
-    every = load_checkpoint(train_any(config, tmp_path / "all")["checkpoint"]).head
-    assert not bool(every.excluded.any())
-    split = synthetic_split("synthetic", 5, 3)
-    vectors = tagger.transform_labels(FakeEmbedder().embed(LABELS))
-    scores = predict(tagger, split, vectors)
-    assert scores.shape == (5, len(LABELS)) and np.isfinite(scores).all()
+from benchmarks import paper as bench_paper
+from models.train import TrainConfig
 
 
 def test_checkpoint_cache_by_config_hash(monkeypatch: pytest.MonkeyPatch,
@@ -173,7 +66,7 @@ def test_config_hash_ignores_new_default_fields() -> None:
 
 
 def test_recipes_are_override_sets() -> None:
-    from models.cli import load_recipe
+    from models.recipes import load_recipe
 
     default = load_recipe("default")
     for name in ("fast0tag", "lesa", "biam", "conse", "conse-all"):
@@ -271,11 +164,16 @@ def test_table_layout_and_figure(tmp_path: Path) -> None:
 
 
 def test_cli_wiring() -> None:
-    from models.cli import cmd_bench_paper, parse_methods
-    from service.cli import build_parser
+    from ml2p_cli import build_parser
+    from models.cli import parse_methods
 
-    args = build_parser().parse_args(["bench", "paper", "--budget", "small", "--no-ablations"])
-    assert args.func is cmd_bench_paper and args.budget == "small" and args.no_ablations
+    args, rest = build_parser().parse_known_args(["bench", "paper", "--budget", "small",
+                                                  "--no-ablations"])
+    assert args.bench_module == "benchmarks.paper"  # the module parses its own flags
+    own = argparse.ArgumentParser()
+    bench_paper.add_arguments(own)
+    args = own.parse_args(rest)
+    assert args.budget == "small" and args.no_ablations
     args = build_parser().parse_args(["eval", "--method", "lesa=a.pt,b.pt", "--method",
                                       "biam=c.pt"])
     assert args.checkpoints == [] and parse_methods(args.method) == {

@@ -1,0 +1,145 @@
+"""`manifest.json`: the schema of an artifact's description, written by `models.export` and
+read by the server. Every field the exporter writes is declared here; sections also accept
+extra keys, so an older server can read a newer exporter's manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from artifact.imaging import Preprocessing
+
+FORMAT = "ml2p-artifact/1"
+
+
+class _Open(BaseModel):
+    """Manifest sections tolerate extra keys (newer exporters may add fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PreprocessingSpec(_Open):
+    size: int = Field(gt=0)
+    resize: str = "squash-bilinear"
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    color: str = "RGB"
+    layout: str = "NCHW"
+    scale: str = "pixel / 255"
+
+    @classmethod
+    def of(cls, preprocessing: Preprocessing) -> PreprocessingSpec:
+        return cls(size=preprocessing.size, resize=preprocessing.resize,
+                   mean=list(preprocessing.mean), std=list(preprocessing.std),
+                   color=preprocessing.color)
+
+    def build(self) -> Preprocessing:
+        """The preprocessing this section describes (ValueError for an unknown rule)."""
+        if self.resize != "squash-bilinear":
+            raise ValueError(f"unsupported resize rule {self.resize!r}")
+        return Preprocessing(size=self.size, mean=(self.mean[0], self.mean[1], self.mean[2]),
+                             std=(self.std[0], self.std[1], self.std[2]))
+
+
+class LabelEmbedderSpec(_Open):
+    kind: str
+    model_id: str
+    embed_dim: int | None = Field(None, description="the embedder's own width, before projection")
+    max_tokens: int = Field(gt=1, description="token limit incl. special tokens; longer -> 422")
+    pooling: str | None = None
+    label_transform: str | None = None
+
+
+class ArtifactFiles(_Open):
+    visual: str = "visual.onnx"
+    text: str = "text.onnx"
+    tokenizer: str = "tokenizer.json"
+    checkpoint: str | None = Field(None, description="the torch checkpoint (torch engine)")
+
+
+class GraphPorts(_Open):
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+
+
+class GraphIO(_Open):
+    visual: GraphPorts
+    text: GraphPorts
+    opset: int
+
+
+class GflopsSpec(_Open):
+    image: float = Field(ge=0, description="GFLOPs of one image through visual.onnx")
+    label: float = Field(ge=0, description="GFLOPs of one label through text.onnx")
+    label_tokens: int = Field(0, ge=0, description="token length `label` was counted at")
+    label_tokens_rule: str | None = None
+    image_elementwise: float | None = None
+    label_elementwise: float | None = None
+    scoring_per_label_per_image: float | None = None
+    convention: str | None = None
+
+
+class Calibration(_Open):
+    kind: Literal["logistic"] = "logistic"
+    a: float
+    b: float
+    n: int | None = Field(None, description="validation (score, target) pairs fitted on")
+    positives: int | None = None
+    nll: float | None = None
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """p = sigmoid(a * score + b), elementwise."""
+        z = self.a * np.asarray(scores, np.float64) + self.b
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
+
+
+class VariantAgreement(_Open):
+    top5_identical: float
+    top5_overlap: float
+    max_abs_diff_groups: float
+    images: int
+    labels: int
+    reference: str
+
+
+class Variant(_Open):
+    """A precision variant of the visual graph and how far it is from fp32."""
+
+    file: str
+    precision: str
+    agreement: VariantAgreement | None = None
+    speed_cpu_1_thread: dict[str, Any] | None = None
+
+
+class Manifest(_Open):
+    """`manifest.json` of an artifact."""
+
+    format: str = FORMAT
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    created: str = ""
+    backbone: str
+    head: str | None = None
+    input_size: int | None = None
+    preprocessing: PreprocessingSpec
+    groups: int = Field(gt=0, description="G, principal vectors per image")
+    dim: int = Field(gt=0, description="D, label-embedding dimension")
+    label_embedder: LabelEmbedderSpec
+    files: ArtifactFiles = Field(default_factory=ArtifactFiles)
+    io: GraphIO | None = None
+    gflops: GflopsSpec
+    calibration: Calibration | None = None
+    accuracy: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, Variant] | None = None
+    export_seconds: float | None = None
+    export_graph_seconds: float | None = None
+
+    def to_json(self) -> str:
+        """The file's text: every field, in declaration order."""
+        import json
+
+        return json.dumps(self.model_dump(mode="json"), indent=1) + "\n"

@@ -1,0 +1,23 @@
+"""Benchmarks: the paper comparison, the serving benchmarks and their load generator, the
+engines and precision variants, the GPU check and the EmojiTags diagnostics.
+
+Each is a module with its own `main(argv)` (`python -m benchmarks.NAME --help`); `COMMANDS`
+registers them as `ml2p bench NAME`, where the module is imported only when its command runs
+(several need the training extra, or load the full model). Results: `benchmarks/results/`.
+"""
+
+# `ml2p bench NAME` -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("benchmarks.serve_bench", "REST / gRPC / in-process throughput and latency at "
+                                        "several concurrencies"),
+    "serve-compare": ("benchmarks.serve_compare", "the service beside the raw pipeline, a "
+                                                  "naive FastAPI server and Triton, one run"),
+    "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "
+                                  "ML2P (accuracy, params, GFLOPs, latency)"),
+    "engines": ("benchmarks.engines", "engines and precision variants of one artifact: "
+                                      "latency, throughput, agreement with fp32"),
+    "emoji-diagnostics": ("benchmarks.emoji_diagnostics", "where EmojiTags loses its signal: "
+                                                          "probes, ceilings, scene factors"),
+    "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "
+                                                  "compares against"),
+}
