@@ -6,6 +6,7 @@ flags override the environment. The defaults below are the documented defaults.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
 
     # --- label side -----------------------------------------------------------------------
     label_cache_size: int = Field(100_000, ge=0, description="cached label embeddings (LRU)")
+    label_workers: int = Field(
+        0, ge=0, le=64, description="label-embedding threads (0 = half the cores, at least 1); "
+        "request labels go before vocabulary chunks")
+    label_delay_ms: float = Field(
+        0.0, ge=0, description="testing/benchmarks only: sleep added per label embedded")
     vocab_dir: Path = Field(
         Path.home() / ".cache" / "ml2p" / "vocabularies", description="stored vocabularies"
     )
@@ -80,6 +86,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with the request id; text: for humans")
+
+    @property
+    def label_workers_count(self) -> int:
+        """`label_workers`, or half this machine's cores (at least one) when 0."""
+        return self.label_workers or max(1, (os.cpu_count() or 2) // 2)
 
     @field_validator("api_key", mode="before")
     @classmethod

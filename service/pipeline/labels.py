@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import queue
 import threading
+import time
 from collections import OrderedDict
-from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +18,10 @@ from service.errors import LabelError, LabelTooLong
 from service.metrics import Metrics
 from service.runtime.base import Engine
 
-# Misses beyond this are embedded in several text-engine batches of this size.
+# A request's misses beyond this are embedded in several text-engine batches of this size;
+# vocabularies go in smaller chunks, so request labels can run between them.
 EMBED_CHUNK = 512
+VOCABULARY_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -95,39 +101,114 @@ class LabelCache:
         return len(self._data)
 
 
-class CachedLabelEncoder:
-    """Embeds labels through the cache: a request's misses go to the text engine together."""
+class LabelScheduler:
+    """Runs the text graph on `workers` threads, request labels before vocabulary chunks.
 
-    def __init__(self, engine: Engine, cache: LabelCache, executor: Executor,
+    Jobs are label lists with one future per label; a worker takes the most urgent job
+    (priority REQUEST before VOCABULARY, then first come), so a vocabulary being embedded in
+    chunks never holds a request's labels back by more than the chunk that is running.
+    """
+
+    REQUEST, VOCABULARY = 0, 1
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], workers: int,
+                 delay_per_label_s: float = 0.0) -> None:
+        self._encode = encode
+        self._delay_per_label_s = delay_per_label_s
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._threads = [threading.Thread(target=self._work, name=f"ml2p-labels-{i}",
+                                          daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, texts: list[str], futures: list[asyncio.Future], priority: int) -> None:
+        """Embed `texts`; future i gets row i (or the job's exception)."""
+        loop = asyncio.get_running_loop()
+        self._jobs.put((priority, next(self._order), texts, futures, loop))
+
+    def close(self) -> None:
+        """Stop the workers after the jobs they are running; queued jobs are dropped."""
+        for _ in self._threads:
+            self._jobs.put((-1, next(self._order), None, None, None))
+
+    def _work(self) -> None:
+        while True:
+            _, _, texts, futures, loop = self._jobs.get()
+            if texts is None:
+                return
+            try:
+                if self._delay_per_label_s:
+                    time.sleep(self._delay_per_label_s * len(texts))
+                vectors, error = self._encode(texts), None
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                vectors, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, futures, vectors, error)
+
+
+def _settle(futures: list[asyncio.Future], vectors: np.ndarray | None,
+            error: Exception | None) -> None:
+    for i, future in enumerate(futures):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(vectors[i])  # type: ignore[index]
+
+
+class CachedLabelEncoder:
+    """Embeds labels through the cache. A request's misses go to the text engine together
+    (in chunks of EMBED_CHUNK); a label already being embedded for another request is waited
+    for, not embedded again (single flight); vocabularies go in chunks of VOCABULARY_CHUNK at
+    the lower priority."""
+
+    def __init__(self, engine: Engine, cache: LabelCache, scheduler: LabelScheduler,
                  metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.cache = cache
-        self.executor = executor
+        self.scheduler = scheduler
         self.metrics = metrics
         self.namespace = engine.artifact.key  # model name@version
+        self._pending: dict[str, asyncio.Future] = {}
 
-    async def embed(self, labels: CleanLabels) -> tuple[np.ndarray, int]:
-        """Embeddings [L, D] in the order of `labels.texts` and the number of cache misses."""
+    async def embed(self, labels: CleanLabels, *, vocabulary: bool = False
+                    ) -> tuple[np.ndarray, int]:
+        """Embeddings [L, D] in the order of `labels.texts` and how many labels this call
+        embedded (neither cached nor already being embedded)."""
         keys = [f"{self.namespace}\x00{k}" for k in labels.keys]
-        rows = [self.cache.get(k) for k in keys]
+        rows: list = [self.cache.get(k) for k in keys]
         missing = [i for i, row in enumerate(rows) if row is None]
-        if missing:
-            texts = [labels.texts[i] for i in missing]
-            try:
-                vectors = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._encode, texts)
+        new = [i for i in missing if keys[i] not in self._pending]
+        if new and not vocabulary:
+            try:  # reject before spending any compute (vocabularies were checked when stored)
+                self.engine.check_labels([labels.texts[i] for i in new])
             except LabelTooLong as exc:  # re-index to the caller's list
-                raise LabelTooLong(exc.message, index=missing[exc.index]) from None
-            for i, vector in zip(missing, vectors, strict=True):
-                self.cache.put(keys[i], vector)
-                rows[i] = vector
+                raise LabelTooLong(exc.message, index=new[exc.index]) from None
+        loop = asyncio.get_running_loop()
+        for i in new:
+            future = self._pending[keys[i]] = loop.create_future()
+            future.add_done_callback(lambda f, key=keys[i]: self._done(key, f))
+        chunk = VOCABULARY_CHUNK if vocabulary else EMBED_CHUNK
+        priority = LabelScheduler.VOCABULARY if vocabulary else LabelScheduler.REQUEST
+        for start in range(0, len(new), chunk):
+            part = new[start:start + chunk]
+            self.scheduler.submit([labels.texts[i] for i in part],
+                                  [self._pending[keys[i]] for i in part], priority)
         if self.metrics is not None:
-            self.metrics.cache_hits.inc(len(rows) - len(missing))
-            self.metrics.cache_misses.inc(len(missing))
-        return np.stack(rows), len(missing)
+            self.metrics.cache_hits.inc(len(rows) - len(new))
+            self.metrics.cache_misses.inc(len(new))
+        if missing:
+            # (no await since the cache lookup: every missing label is pending now.) Shielded:
+            # a request that times out leaves the shared work running for the others.
+            vectors = await asyncio.shield(asyncio.gather(*(self._pending[keys[i]]
+                                                            for i in missing)))
+            for i, vector in zip(missing, vectors, strict=True):
+                rows[i] = vector
+        return np.stack(rows).astype(np.float32, copy=False), len(new)
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        self.engine.check_labels(texts)  # reject before spending any compute
-        parts = [self.engine.encode_labels(texts[i:i + EMBED_CHUNK])
-                 for i in range(0, len(texts), EMBED_CHUNK)]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+    def _done(self, key: str, future: asyncio.Future) -> None:
+        self._pending.pop(key, None)
+        if not future.cancelled() and future.exception() is None:
+            self.cache.put(key, future.result())

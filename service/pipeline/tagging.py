@@ -30,7 +30,13 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.pipeline.batcher import DynamicBatcher
-from service.pipeline.labels import CachedLabelEncoder, CleanLabels, LabelCache, clean_labels
+from service.pipeline.labels import (
+    CachedLabelEncoder,
+    CleanLabels,
+    LabelCache,
+    LabelScheduler,
+    clean_labels,
+)
 from service.pipeline.scoring import Tag, rank, score
 from service.pipeline.vocabularies import Vocabulary, VocabularyStore
 from service.results import (
@@ -123,9 +129,10 @@ class TaggingService:
         self.vocabularies = VocabularyStore(settings.vocab_dir, settings.builtin_vocabularies)
         self._preprocess_pool = ThreadPoolExecutor(settings.preprocess_workers,
                                                    thread_name_prefix="ml2p-pre")
-        self._label_pool = ThreadPoolExecutor(1, thread_name_prefix="ml2p-labels")
         self.cache = LabelCache(settings.label_cache_size)
-        self.label_encoder = CachedLabelEncoder(engine, self.cache, self._label_pool,
+        self.label_scheduler = LabelScheduler(engine.encode_labels, settings.label_workers_count,
+                                              delay_per_label_s=settings.label_delay_ms / 1000.0)
+        self.label_encoder = CachedLabelEncoder(engine, self.cache, self.label_scheduler,
                                                 self.metrics)
         self.batcher: DynamicBatcher | None = None
         self._in_flight = 0
@@ -168,7 +175,7 @@ class TaggingService:
         try:
             if self.settings.warmup:
                 await asyncio.get_running_loop().run_in_executor(
-                    self._label_pool, self.engine.warmup)
+                    self._preprocess_pool, self.engine.warmup)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log
             self.failure = f"model failed warm-up: {exc}"
             self._set_state(State.FAILED)
@@ -207,7 +214,7 @@ class TaggingService:
         if self.batcher is not None:
             await self.batcher.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
-        self._label_pool.shutdown(wait=False, cancel_futures=True)
+        self.label_scheduler.close()
         self.engine.close()
 
     def check_ready(self) -> None:
@@ -373,7 +380,8 @@ class TaggingService:
             return vocab.embeddings, 0
         task = self._vocab_tasks.get(vocab.name)
         if task is None or task.cancelled():
-            task = asyncio.ensure_future(self.label_encoder.embed(self._vocab_clean(vocab)))
+            task = asyncio.ensure_future(self.label_encoder.embed(self._vocab_clean(vocab),
+                                                                  vocabulary=True))
             self._vocab_tasks[vocab.name] = task
         matrix, misses = await asyncio.shield(task)  # a timed-out request keeps the work
         vocab.embeddings = matrix
