@@ -23,6 +23,9 @@ LITE_STD = (128.0 / 255.0,) * 3
 # The formats decoded (the JPEG plugin also opens MPO, the multi-picture JPEG of many
 # cameras). Other Pillow plugins never see untrusted bytes: EPS would run Ghostscript on them.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# Decoded by libjpeg, so they can decode straight to a reduced scale (draft mode): plain JPEG
+# and MPO, the multi-picture JPEG many phones and cameras save.
+JPEG_FAMILY = ("JPEG", "MPO")
 
 
 @lru_cache(maxsize=1)
@@ -53,8 +56,8 @@ class Preprocessing:
 def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 224) -> Image.Image:
     """Decode bytes to an RGB image: header-checked pixel cap, EXIF transpose, first frame.
 
-    JPEGs are decoded in draft mode straight to a scale no smaller than twice `target_size`,
-    which makes large photos cheap.
+    JPEGs (MPO included) are decoded in draft mode straight to a scale no smaller than twice
+    `target_size`, which makes large photos cheap.
     """
     if not data:
         raise ImageDecodeError("image is empty (0 bytes)")
@@ -68,7 +71,7 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
                     f"image is {width}x{height} = {width * height} pixels, "
                     f"over the limit of {max_pixels}"
                 )
-            if image.format == "JPEG":
+            if image.format in JPEG_FAMILY:
                 image.draft("RGB", (2 * target_size, 2 * target_size))
             # open() leaves multi-frame images (GIF, WebP, APNG, TIFF) on their first frame;
             # asking for n_frames would walk every frame (CPU spent on hostile GIFs).

@@ -412,3 +412,38 @@ def test_metrics_names(http, png):
         assert f"\n{name} " in text, name
     assert 'ml2p_model_info{engine="onnxruntime-cpu",name=' in text
     assert 'ml2p_batch_size_bucket{le="8.0"}' in text  # buckets up to max_batch_size
+
+
+def _photo(size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A smooth synthetic photo (gradients and a disc): realistic JPEG sizes."""
+    x, y = np.meshgrid(np.linspace(0, 1, size[0]), np.linspace(0, 1, size[1]))
+    disc = ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.05).astype(float)
+    rgb = np.stack([x, y, 0.5 * (1 - x) + 0.5 * disc], -1)
+    return Image.fromarray((255 * rgb).astype(np.uint8))
+
+
+def test_multi_picture_jpeg_takes_the_jpeg_fast_path(http):
+    """MPO (the multi-picture JPEG of many phones) is decoded like JPEG, at a reduced draft
+    scale: the same picture as MPO and as JPEG gets identical scores; decoded at full size
+    and then resized, the MPO would score differently."""
+    from artifact.imaging import decode_image
+
+    photo, labels = _photo(), ["sky", "red car", "water", "tree"]
+    encoded = {}
+    for fmt in ("JPEG", "MPO"):
+        buffer = io.BytesIO()
+        photo.save(buffer, format=fmt, quality=90, **({"save_all": True, "append_images":
+                                                         [photo.rotate(180)]} if fmt == "MPO"
+                                                        else {}))
+        encoded[fmt] = buffer.getvalue()
+    assert Image.open(io.BytesIO(encoded["MPO"])).format == "MPO"
+    scores = {}
+    for fmt, data in encoded.items():
+        response = http.post("/v1/tag", files={"image": (f"p.{fmt.lower()}", data)},
+                             data={"labels": labels})
+        assert response.status_code == 200, response.text
+        scores[fmt] = {t["label"]: t["score"] for t in response.json()["tags"]}
+    assert scores["MPO"] == scores["JPEG"]
+    full = Image.open(io.BytesIO(encoded["MPO"]))
+    full.load()  # no draft: the full 640 x 480 frame
+    assert decode_image(encoded["MPO"], target_size=32).width < full.width
