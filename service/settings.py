@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         256, ge=1, description="images waiting for inference; the server holds at most this "
         "plus inference_workers x max_batch_size images (decoding, queued, running), 429 beyond")
     inference_workers: int = Field(1, ge=1, le=16, description="batches run concurrently")
+    max_concurrent_requests: int = Field(
+        0, ge=0, description="requests with a body (tagging, vocabularies) admitted at once per "
+        "protocol; beyond it 429 / RESOURCE_EXHAUSTED before the body is read (0 = the image "
+        "capacity, max_queue_size + inference_workers x max_batch_size)")
     preprocess_workers: int = Field(2, ge=1, le=64, description="decode/preprocess threads")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429")
@@ -86,6 +90,28 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with the request id; text: for humans")
+
+    @property
+    def admitted_requests(self) -> int:
+        """`max_concurrent_requests`, or the image capacity when 0."""
+        return self.max_concurrent_requests or self.image_capacity
+
+    @property
+    def image_capacity(self) -> int:
+        """Images the server holds at most (decoding, queued, running); 429 beyond."""
+        return self.max_queue_size + self.inference_workers * self.max_batch_size
+
+    def request_memory_bound(self, input_size: int = 224) -> int:
+        """Bytes the server may hold for requests at once, above its idle size, from these
+        settings: per protocol `admitted_requests` bodies, each held up to three times (the
+        received bytes, a base64 / protobuf decoded copy, a parsed copy); the images being
+        decoded (`preprocess_workers`, each up to 8 bytes per pixel of `max_pixels` through
+        the RGBA / RGB conversions); the model inputs of every image the pipeline holds
+        (float32 3 x input_size^2); and 64 MiB for the allocator's slack."""
+        bodies = 2 * self.admitted_requests * 3 * self.max_body_bytes
+        decoding = self.preprocess_workers * 8 * self.max_pixels
+        inputs = self.image_capacity * 3 * input_size * input_size * 4
+        return bodies + decoding + inputs + 64 * 2**20
 
     @property
     def label_workers_count(self) -> int:

@@ -270,7 +270,8 @@ class GrpcServer:
 async def start_grpc_server(service: TaggingService, host: str, port: int) -> GrpcServer:
     """Bind, register Tagger + health + reflection, start; health follows the service state."""
     settings = service.settings
-    server = grpc.aio.server(options=[
+    # calls beyond the limit are refused (RESOURCE_EXHAUSTED) before their message is read
+    server = grpc.aio.server(maximum_concurrent_rpcs=settings.admitted_requests, options=[
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 0),

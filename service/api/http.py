@@ -235,7 +235,8 @@ def create_app(service: TaggingService | None = None, settings: Settings | None 
     app.state.settings = settings
     app.state.service = service
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
-                       metrics=service.metrics)
+                       max_requests=settings.admitted_requests,
+                       retry_after_s=settings.retry_after_s, metrics=service.metrics)
     _install_error_handlers(app)
     _add_routes(app)
     return app

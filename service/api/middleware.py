@@ -1,4 +1,5 @@
-"""ASGI middleware: request id, body-size limit, request metrics and the access log."""
+"""ASGI middleware: request id, admission and body-size limit (both before the body is read),
+request metrics and the access log."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from service.metrics import Metrics
 
 log = logging.getLogger("ml2p.http")
 _QUIET = {"/livez", "/readyz", "/metrics"}  # logged at debug level only
+_WITH_BODY = {"POST", "PUT", "PATCH"}  # admitted against the concurrency limit
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
@@ -29,14 +31,20 @@ def error_response(exc: ServiceError) -> JSONResponse:
 
 
 class RequestContext:
-    """Per request: X-Request-ID (taken or generated, echoed), max body size (413),
-    `ml2p_request_duration_seconds{protocol="rest"}`, one JSON access-log line, and a
-    last-resort 500 in the error schema."""
+    """Per request: X-Request-ID (taken or generated, echoed), admission (at most
+    `max_requests` requests with a body at once, 429 beyond) and max body size (413), both
+    decided from the headers before any of the body is read (the ASGI server discards an
+    unread body), `ml2p_request_duration_seconds{protocol="rest"}`, one JSON access-log line,
+    and a last-resort 500 in the error schema."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_requests: int,
+                 retry_after_s: int, metrics: Metrics) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_requests = max_requests
+        self.retry_after_s = retry_after_s
         self.metrics = metrics
+        self._admitted = 0  # requests with a body being received or processed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,11 +73,17 @@ class RequestContext:
                 raise self._too_large()
             return message
 
+        admitted = False  # counted against max_requests
         try:
             length = headers.get("content-length")
+            has_body = scope["method"] in _WITH_BODY
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 await error_response(self._too_large())(scope, receive, send_with_id)
+            elif has_body and self._admitted >= self.max_requests:
+                await error_response(self._at_capacity())(scope, receive, send_with_id)
             else:
+                admitted = has_body
+                self._admitted += admitted
                 await self.app(scope, counted_receive, send_with_id)
         except Exception:  # noqa: BLE001 - never leak a traceback or a non-schema body
             log.exception("unhandled error")
@@ -77,6 +91,7 @@ class RequestContext:
                 response = error_response(ServiceError("internal server error"))
                 await response(scope, receive, send_with_id)
         finally:
+            self._admitted -= admitted
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             took = time.perf_counter() - start
@@ -85,6 +100,11 @@ class RequestContext:
                     extra={"protocol": "rest", "method": scope["method"], "path": scope["path"],
                            "status": status, "duration_ms": round(took * 1000, 3)})
             logs.request_id.reset(token)
+
+    def _at_capacity(self) -> QueueFull:
+        return QueueFull(f"server at capacity ({self._admitted} requests being received or "
+                         f"processed, limit {self.max_requests}); retry after "
+                         f"{self.retry_after_s}s", retry_after_s=self.retry_after_s)
 
     def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")

@@ -235,7 +235,7 @@ class TaggingService:
         """
         self.check_ready()
         s = self.settings
-        capacity = s.max_queue_size + s.inference_workers * s.max_batch_size
+        capacity = s.image_capacity
         if self._images_in_flight + images > capacity and self._images_in_flight:
             raise QueueFull(f"server at capacity ({self._images_in_flight} images in flight, "
                             f"limit {capacity}); retry after {s.retry_after_s}s",
