@@ -12,6 +12,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                         "several concurrencies"),
     "serve-compare": ("benchmarks.serve_compare", "the service beside the raw pipeline, a "
                                                   "naive FastAPI server and Triton, one run"),
+    "profile": ("benchmarks.profile", "the server at saturation under py-spy: where its time "
+                                      "goes (speedscope profile + summary)"),
     "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "
                                   "ML2P (accuracy, params, GFLOPs, latency)"),
     "engines": ("benchmarks.engines", "engines and precision variants of one artifact: "
