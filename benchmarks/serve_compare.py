@@ -187,7 +187,7 @@ def _point(system: str, fields: dict, pid: int, load, metrics_before, metrics_af
     wall = time.perf_counter() - t0
     row = {"system": system, **fields, **result,
            "server_cpu_cores": round((_cpu_seconds(pid) - cpu0) / wall, 2),
-           "loadgen_cpu_s": round(_children_cpu() - gen0, 2),
+           "loadgen_cpu_s": round(_children_cpu() - gen0, 2), "wall_s": round(wall, 2),
            "server_peak_rss_mb": _peak_rss_mb(pid)}
     row.update(_batch_fields(system, before, after))
     serve_bench._print_row(row)
@@ -372,8 +372,10 @@ def run(args: argparse.Namespace) -> int:
             "fractions_of_raw_peak": [f for _, f in rates] if rates[0][1] is not None else None,
             "raw_closed_loop_peak_rps": _peak(rows, "raw") or None,
             "results": open_rows}
-    report["goals"] = goals(rows)
-    return serve_bench._write_report(Path(args.out), report, markdown)
+    report["goals"] = goals(rows, report.get("decoding"))
+    code = serve_bench._write_report(Path(args.out), report, markdown)
+    figure(report, Path(args.out).with_suffix(".png"))
+    return code
 
 
 # --- label scaling and image decoding (in-process, --extras) --------------------------------
@@ -416,7 +418,8 @@ def label_scaling(model: Path, counts=(1, 100, 1000, 10000), repeats: int = 30) 
 
 
 def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
-    """decode_image + preprocess time for 0.3 / 3 / 12 MP JPEG and PNG (textured photos)."""
+    """decode_image + preprocess time for 0.3 / 3 / 12 MP JPEG, MPO (a phone's multi-picture
+    JPEG, here one frame) and PNG (textured photos)."""
     from PIL import Image
 
     from artifact.imaging import Preprocessing, decode_image, preprocess
@@ -427,9 +430,9 @@ def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
     for mp, (w, h) in (("0.3", (640, 480)), ("3", (2000, 1500)), ("12", (4000, 3000))):
         base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
         image = Image.fromarray(base).resize((w, h), Image.BILINEAR)
-        for fmt in ("JPEG", "PNG"):
+        for fmt in ("JPEG", "MPO", "PNG"):
             buffer = io.BytesIO()
-            image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            image.save(buffer, format=fmt, **({"quality": 90} if fmt in ("JPEG", "MPO") else {}))
             data = buffer.getvalue()
             took = []
             for _ in range(repeats):
@@ -458,43 +461,86 @@ def _peak(rows: list[dict], system: str) -> float:
     return max((r["throughput_rps"] for r in rows if r["system"] == system), default=0.0)
 
 
-def goals(rows: list[dict]) -> list[dict]:
-    """The issue's goals, each met / missed with the measured numbers."""
+def goals(rows: list[dict], decode: list[dict] | None = None) -> list[dict]:
+    """Issue 14's goals, each met / missed with the measured numbers."""
     out = []
     raw_peak = _peak(rows, "raw")
-    for system, need in (("rest", 0.85), ("grpc", 0.90)):
-        if raw_peak and _peak(rows, system):
-            ratio = _peak(rows, system) / raw_peak
-            out.append({"goal": f"{system} throughput at saturation >= {need:.0%} of raw",
-                        "measured": f"{_peak(rows, system)} / {raw_peak} req/s = {ratio:.0%}",
-                        "met": ratio >= need})
+    for system in ("rest", "grpc"):
+        served = [r for r in rows if r["system"] == system]
+        if not (raw_peak and served):
+            continue
+        top = max(served, key=lambda r: r["throughput_rps"])
+        ratio = top["throughput_rps"] / raw_peak
+        out.append({"goal": f"{system} peak throughput >= 90% of raw's peak",
+                    "measured": f"{top['throughput_rps']} / {raw_peak} req/s = {ratio:.0%}",
+                    "met": ratio >= 0.90})
+        if top.get("wall_s"):
+            cores = top["server_cpu_cores"] + top["loadgen_cpu_s"] / top["wall_s"]
+            out.append({"goal": f"{system}: server + load generator CPU >= 1.9 cores at its peak",
+                        "measured": f"{top['server_cpu_cores']} + "
+                                    f"{top['loadgen_cpu_s'] / top['wall_s']:.2f} = {cores:.2f} "
+                                    f"cores (c={top['concurrency']})",
+                        "met": cores >= 1.9})
+    for system in ("rest", "grpc"):
+        for peer, need in (("naive", 1.1), ("triton", 1.0)):
+            for c in (16, 64):
+                ours, theirs = _row(rows, system, c), _row(rows, peer, c)
+                if not (ours and theirs and theirs["throughput_rps"]):
+                    continue
+                ratio = ours["throughput_rps"] / theirs["throughput_rps"]
+                out.append({"goal": f"{system} >= {need:g}x {peer} throughput with p99 no "
+                                    f"higher, c={c}",
+                            "measured": f"{ours['throughput_rps']} / {theirs['throughput_rps']}"
+                                        f" = {ratio:.2f}x, p99 {ours['p99_ms']} vs "
+                                        f"{theirs['p99_ms']} ms",
+                            "met": ratio >= need and ours["p99_ms"] <= theirs["p99_ms"]})
     raw1 = _row(rows, "raw", 1)
-    for system, extra in (("rest", 3.0), ("grpc", 2.0)):
+    for system in ("rest", "grpc"):
         row = _row(rows, system, 1)
         if raw1 and row:
-            out.append({"goal": f"{system} p50 at c=1 <= raw + {extra:g} ms",
-                        "measured": f"{row['p50_ms']} vs {raw1['p50_ms']} + {extra:g} ms "
+            out.append({"goal": f"{system} p50 at c=1 within 2 ms of raw",
+                        "measured": f"{row['p50_ms']} vs {raw1['p50_ms']} ms "
                                     f"({row['p50_ms'] - raw1['p50_ms']:+.2f} ms)",
-                        "met": row["p50_ms"] <= raw1["p50_ms"] + extra})
-    for system in ("rest", "grpc"):
-        for c in (16, 64):
-            ours, naive = _row(rows, system, c), _row(rows, "naive", c)
-            if ours and naive and naive["throughput_rps"]:
-                ratio = ours["throughput_rps"] / naive["throughput_rps"]
-                out.append({"goal": f"{system} >= 2x naive throughput at c={c}",
-                            "measured": f"{ours['throughput_rps']} / {naive['throughput_rps']}"
-                                        f" = {ratio:.2f}x", "met": ratio >= 2.0})
-    for system in ("rest", "grpc"):
-        for c in (16, 64):
-            ours, peer = _row(rows, system, c), _row(rows, "triton", c)
-            if ours and peer:
-                met = (ours["throughput_rps"] >= peer["throughput_rps"]
-                       and ours["p99_ms"] <= peer["p99_ms"])
-                out.append({"goal": f"{system} >= triton throughput at equal or lower p99, c={c}",
-                            "measured": f"{ours['throughput_rps']} vs {peer['throughput_rps']} "
-                                        f"req/s, p99 {ours['p99_ms']} vs {peer['p99_ms']} ms",
-                            "met": met})
+                        "met": row["p50_ms"] <= raw1["p50_ms"] + 2.0})
+    for fmt in ("JPEG", "MPO"):
+        point = next((d for d in decode or [] if d["megapixels"] == "12" and d["format"] == fmt),
+                     None)
+        if point:
+            out.append({"goal": f"12 MP {fmt}: decode + preprocess <= 25 ms median",
+                        "measured": f"{point['decode_preprocess_ms']} ms",
+                        "met": point["decode_preprocess_ms"] <= 25.0})
     return out
+
+
+def figure(report: dict, path: Path) -> Path:
+    """Throughput against p99 latency, one line per system (closed loop, by concurrency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system in SYSTEMS:
+        points = sorted((r for r in report["results"] if r["system"] == system),
+                        key=lambda r: r["concurrency"])
+        if not points:
+            continue
+        xs, ys = [r["throughput_rps"] for r in points], [r["p99_ms"] for r in points]
+        ax.plot(xs, ys, marker="o", label=system)
+        for r, x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(f"c={r['concurrency']}", (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel("throughput, req/s (closed loop)")
+    ax.set_ylabel("p99 latency, ms (log)")
+    ax.set_yscale("log")
+    ax.set_title(f"Serving comparison, {report['machine']['cpus']} CPUs ({report['created']})",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _errors(row: dict) -> str:
@@ -510,10 +556,16 @@ def _open_loop_markdown(report: dict) -> list[str]:
     if spec.get("fractions_of_raw_peak"):
         rates = (f"offered rates {' / '.join(f'{f:g}' for f in spec['fractions_of_raw_peak'])} x "
                  f"the raw pipeline's closed-loop peak in this run "
-                 f"({spec['raw_closed_loop_peak_rps']} req/s), so "
+                 f"({spec['raw_closed_loop_peak_rps']} req/s), so nominally "
                  f"{' / '.join(f'{r:g}' for r in spec['rates_rps'])} req/s for every system")
     else:
-        rates = f"offered rates {' / '.join(f'{r:g}' for r in spec['rates_rps'])} req/s"
+        rates = f"nominal offered rates {' / '.join(f'{r:g}' for r in spec['rates_rps'])} req/s"
+    realised = {}  # nominal rate -> scheduled rates (the same seed gives every system one)
+    for r in spec["results"]:
+        realised.setdefault(r["offered_rps"], set()).add(r["scheduled_rps"])
+    rates += ("; the schedules realised " + " / ".join(
+        "/".join(f"{v:g}" for v in sorted(realised[rate])) for rate in sorted(realised))
+        + " req/s (arrivals scheduled / point length)")
     lines = [
         "", "## Open loop", "",
         f"{spec['arrivals'].capitalize()} arrivals (seed {spec['seed']}: the same schedule for "
