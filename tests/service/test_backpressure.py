@@ -22,8 +22,9 @@ LABELS = ["dog", "red car", "sky", "person", "tree"]
 
 @pytest.fixture(scope="module")
 def slow(model_dir, tmp_path_factory):
+    # admission well above the image capacity (12): these tests are about the queue's 429s
     srv = Server(model_dir, tmp_path_factory.mktemp("slow"), inference_delay_ms=DELAY_MS,
-                 max_batch_size=4, max_queue_size=8, retry_after_s=2)
+                 max_batch_size=4, max_queue_size=8, retry_after_s=2, max_concurrent_requests=64)
     try:
         yield srv.wait_ready()
     finally:
