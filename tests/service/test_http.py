@@ -361,9 +361,10 @@ def test_vocabulary_label_limit_is_its_own(http, png):
 def test_builtin_vocabularies(http, png):
     nus = http.get("/v1/vocabularies/nus-wide-81").json()
     assert nus["builtin"] and nus["size"] == 81 and "waterfall" in nus["labels"]
-    voc = http.get("/v1/vocabularies/voc-20")
-    if voc.status_code == 200:  # present once models/assets/voc_classes.json exists
-        assert voc.json()["size"] == 20 and "potted plant" in voc.json()["labels"]
+    voc = http.get("/v1/vocabularies/voc-20").json()  # packaged in artifact.vocabularies
+    assert voc["builtin"] and voc["size"] == 20 and "potted plant" in voc["labels"]
+    imagenet = http.get("/v1/vocabularies/imagenet-1k").json()
+    assert imagenet["size"] == 1000 and imagenet["labels"][1].startswith("goldfish")
     r = tag_multipart(http, png, [], vocabulary="nus-wide-81", top_k=5)
     assert r.status_code == 200 and len(r.json()["tags"]) == 5
 
