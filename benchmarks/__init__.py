@@ -6,6 +6,10 @@ registers them as `ml2p bench NAME`, where the module is imported only when its 
 (several need the training extra, or load the full model). Results: `benchmarks/results/`.
 """
 
+import argparse
+import sys
+from collections.abc import Callable
+
 # `ml2p bench NAME` -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("benchmarks.serve_bench", "REST / gRPC / in-process throughput and latency at "
@@ -23,3 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "
                                                   "compares against"),
 }
+
+
+def command_main(name: str, doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                 run: Callable[[argparse.Namespace], object], argv: list[str] | None) -> int:
+    """A benchmark's `main`: parse `argv` (default: the process's arguments) with the module's
+    flags and run it; `args.argv` keeps the arguments, so results can name their command."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog=f"ml2p bench {name}", description=doc.split("\n")[0])
+    add_arguments(parser)
+    result = run(parser.parse_args(argv, argparse.Namespace(argv=argv)))
+    return result if isinstance(result, int) else 0

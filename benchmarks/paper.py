@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import command_main
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -955,12 +957,9 @@ def _cost_rank(key: str) -> int:
     return order.index(key) if key in order else (10 if key == "biam" else 5)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="ml2p bench paper", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv, argparse.Namespace(argv=argv)))
+def main(argv: list[str] | None = None) -> int:
+    return command_main("paper", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

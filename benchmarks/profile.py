@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import loadgen, serve_bench
+from benchmarks import command_main, loadgen, serve_bench
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = 25
@@ -143,9 +143,8 @@ def run(args: argparse.Namespace) -> int:
             proc.terminate()
             proc.wait(30)
     version = subprocess.run([py_spy, "--version"], capture_output=True, text=True).stdout
-    argv = sys.argv[3:] if sys.argv[1:3] == ["bench", "profile"] else sys.argv[1:]
     report = {
-        "command": " ".join(["ml2p bench profile", *argv]),
+        "command": " ".join(["ml2p bench profile", *args.argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": f"{manifest['name']}@{manifest['version']}", "protocol": args.protocol,
         "concurrency": args.concurrency, "duration_s": args.duration, "rate": args.rate,
@@ -162,9 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ml2p bench profile", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return command_main("profile", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

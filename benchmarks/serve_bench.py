@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks import loadgen
+from benchmarks import command_main, loadgen
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,9 +226,7 @@ def _markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ml2p bench serve", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return command_main("serve", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import loadgen, serve_bench
+from benchmarks import command_main, loadgen, serve_bench
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = Path(os.environ.get("ML2P_PEER_VENV", Path.home() / ".cache/ml2p/peer-venv"))
@@ -350,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "benchmark": "serve-compare",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": _command(),
+        "command": _command(args.argv),
         "model": f"{manifest['name']}@{manifest['version']}",
         "model_is_tiny_test_model": manifest["name"] == "tiny-test",
         "labels_per_request": len(labels), "image": "640x480 JPEG (8 textured images)",
@@ -446,10 +446,9 @@ def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
     return out
 
 
-def _command() -> str:
+def _command(argv: list[str]) -> str:
     """This run's command line, the --note text elided (it is printed as the notes)."""
-    args = sys.argv[3:] if sys.argv[1:3] == ["bench", "serve-compare"] else sys.argv[1:]
-    shown = [("'...'" if i and args[i - 1] == "--note" else a) for i, a in enumerate(args)]
+    shown = [("'...'" if i and argv[i - 1] == "--note" else a) for i, a in enumerate(argv)]
     return " ".join(["ml2p bench serve-compare", *shown])
 
 
@@ -654,10 +653,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ml2p bench serve-compare",
-                                     description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return command_main("serve-compare", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
