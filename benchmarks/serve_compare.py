@@ -432,7 +432,11 @@ def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
         image = Image.fromarray(base).resize((w, h), Image.BILINEAR)
         for fmt in ("JPEG", "MPO", "PNG"):
             buffer = io.BytesIO()
-            image.save(buffer, format=fmt, **({"quality": 90} if fmt in ("JPEG", "MPO") else {}))
+            options = {"JPEG": {"quality": 90}, "PNG": {},
+                       # two pictures, as a phone writes them (one frame is saved as JPEG)
+                       "MPO": {"quality": 90, "save_all": True, "append_images": [image]}}
+            image.save(buffer, format=fmt, **options[fmt])
+            assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt
             data = buffer.getvalue()
             took = []
             for _ in range(repeats):
