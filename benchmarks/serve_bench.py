@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 proc.wait(60)
     report = {
         "benchmark": "serve", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["ml2p bench serve", *args.argv]),
         "model": f"{manifest['name']}@{manifest['version']}",
         "model_is_tiny_test_model": manifest["name"] == "tiny-test",
         "labels_per_request": len(labels), "image": "640x480 JPEG",
@@ -210,7 +211,7 @@ def _print_row(row: dict) -> None:
 
 def _markdown(report: dict) -> str:
     lines = [f"# Serving benchmark ({report['created']})", "",
-             f"Model `{report['model']}`"
+             f"Command: `{report['command']}`. Model `{report['model']}`"
              + (" (the tiny generated test model: measures serving overhead, not a real "
                 "network)" if report["model_is_tiny_test_model"] else "")
              + f", {report['labels_per_request']} labels per request, {report['image']}, "
