@@ -30,7 +30,7 @@ $(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration
 serve: install proto $(if $(filter $(DEFAULT_ARTIFACT),$(ML2P_MODEL)),model)  ## install if needed, then REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
 	$(PYTHON) -m ml2p_cli serve
 
-test: install proto  ## the whole test-suite
+test: install proto model  ## the whole test-suite (builds the default artifact first: the real-model tests serve it)
 	$(PYTHON) -m pytest -q
 
 lint:
