@@ -4,6 +4,7 @@ it ran in (dynamic batching must not change scores)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ from server_harness import Server
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "models" / "zoo" / "default"
-VOC_VAL = REPO.parent / "shared" / "data" / "voc2007" / "images" / "val"
+VOC_VAL = Path(os.environ.get("ML2P_VOC_ROOT", REPO.parent / "shared/data/voc2007")) / "images/val"
 LABELS = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
           "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
           "train", "tv monitor", "a red car", "people on a beach"]
