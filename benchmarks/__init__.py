@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                         "several concurrencies"),
     "serve-compare": ("benchmarks.serve_compare", "the service beside the raw pipeline, a "
                                                   "naive FastAPI server and Triton, one run"),
+    "policy": ("benchmarks.policy", "execution policies (inference workers, threads, batch cap) "
+                                    "measured side by side on this CPU"),
     "profile": ("benchmarks.profile", "the server at saturation under py-spy: where its time "
                                       "goes (speedscope profile + summary)"),
     "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "

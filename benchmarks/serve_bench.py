@@ -72,18 +72,22 @@ def _metric_sum(url: str, name: str) -> float:
     return 0.0
 
 
-def _start_server(model: Path, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+def _start_server(model: Path, workdir: Path, settings: dict | None = None
+                  ) -> tuple[subprocess.Popen, str, str]:
+    """`ml2p serve` on free ports (`settings`: more setting flags); (process, URL, gRPC)."""
     import httpx
 
     from artifact.testing import free_port
 
     http_port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "ML2P_API_KEY"}
+    flags = [item for key, value in (settings or {}).items()
+             for item in (f"--{key.replace('_', '-')}", str(value))]
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "ml2p_cli", "serve", "--model", str(model),
          "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-level", "warning",
-         "--vocab-dir", str(workdir / "vocabularies")],
+         "--vocab-dir", str(workdir / "vocabularies"), *flags],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 120
