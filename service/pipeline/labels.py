@@ -10,6 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,10 @@ class LabelCache:
             while len(self._data) > self.capacity:
                 self._data.popitem(last=False)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether `key` is cached (without counting as a use)."""
+        return key in self._data
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -165,10 +170,11 @@ class CachedLabelEncoder:
     the lower priority."""
 
     def __init__(self, engine: Engine, cache: LabelCache, scheduler: LabelScheduler,
-                 metrics: Metrics | None = None) -> None:
+                 executor: Executor, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.cache = cache
         self.scheduler = scheduler
+        self.executor = executor  # runs the token-limit check off the event loop
         self.metrics = metrics
         self.namespace = engine.artifact.key  # model name@version
         self._pending: dict[str, asyncio.Future] = {}
@@ -178,15 +184,21 @@ class CachedLabelEncoder:
         """Embeddings [L, D] in the order of `labels.texts` and how many labels this call
         embedded (neither cached nor already being embedded)."""
         keys = [f"{self.namespace}\x00{k}" for k in labels.keys]
+        loop = asyncio.get_running_loop()
+        unknown = [i for i, key in enumerate(keys) if key not in self._pending
+                   and key not in self.cache]
+        if unknown and not vocabulary:
+            # reject before spending any compute, off the event loop (vocabularies were checked
+            # when stored); a label evicted from the cache during this await was embedded, so
+            # checked, before
+            try:
+                await loop.run_in_executor(self.executor, self.engine.check_labels,
+                                           [labels.texts[i] for i in unknown])
+            except LabelTooLong as exc:  # re-index to the caller's list
+                raise LabelTooLong(exc.message, index=unknown[exc.index]) from None
         rows: list = [self.cache.get(k) for k in keys]
         missing = [i for i, row in enumerate(rows) if row is None]
         new = [i for i in missing if keys[i] not in self._pending]
-        if new and not vocabulary:
-            try:  # reject before spending any compute (vocabularies were checked when stored)
-                self.engine.check_labels([labels.texts[i] for i in new])
-            except LabelTooLong as exc:  # re-index to the caller's list
-                raise LabelTooLong(exc.message, index=new[exc.index]) from None
-        loop = asyncio.get_running_loop()
         for i in new:
             future = self._pending[keys[i]] = loop.create_future()
             future.add_done_callback(lambda f, key=keys[i]: self._done(key, f))

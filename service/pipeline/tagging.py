@@ -133,7 +133,7 @@ class TaggingService:
         self.label_scheduler = LabelScheduler(engine.encode_labels, settings.label_workers_count,
                                               delay_per_label_s=settings.label_delay_ms / 1000.0)
         self.label_encoder = CachedLabelEncoder(engine, self.cache, self.label_scheduler,
-                                                self.metrics)
+                                                self._preprocess_pool, self.metrics)
         self.batcher: DynamicBatcher | None = None
         self._in_flight = 0
         self._images_in_flight = 0
