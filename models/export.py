@@ -32,7 +32,7 @@ import numpy as np
 
 from artifact.gflops import CONVENTION as FLOPS_CONVENTION
 from artifact.imaging import Preprocessing, load_and_preprocess
-from artifact.loader import load_artifact
+from artifact.loader import TEXT_INPUTS, TEXT_OUTPUT, VISUAL_INPUT, VISUAL_OUTPUT, load_artifact
 from artifact.manifest import (
     Calibration,
     GflopsSpec,
@@ -43,7 +43,8 @@ from artifact.manifest import (
 )
 from artifact.tokenizer import LabelTokenizer
 from artifact.vocabularies import read_json
-from models.data.base import SHARED_DATA, cache_root
+from models.data import voc2007
+from models.data.base import cache_root, resolve_root
 from models.provenance import git_commit
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ def export_visual(tagger, path: str | Path, opset: int = OPSET) -> Path:  # noqa
     example = torch.randn(2, 3, size, size)
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["groups"],
-                          dynamic_axes={"image": {0: "N"}, "groups": {0: "N"}},
+                          input_names=[VISUAL_INPUT], output_names=[VISUAL_OUTPUT],
+                          dynamic_axes={VISUAL_INPUT: {0: "N"}, VISUAL_OUTPUT: {0: "N"}},
                           do_constant_folding=True)
     onnx.save(_optimize(onnx.load(str(path))), str(path))
     return path
@@ -123,11 +124,9 @@ def export_text(tagger, path: str | Path, embedder=None, opset: int = OPSET) -> 
     mask = (ids != 0).to(torch.int64)
     with torch.no_grad():
         torch.onnx.export(module, (ids, mask), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input_ids", "attention_mask"],
-                          output_names=["embedding"],
-                          dynamic_axes={"input_ids": {0: "N", 1: "T"},
-                                        "attention_mask": {0: "N", 1: "T"},
-                                        "embedding": {0: "N"}},
+                          input_names=list(TEXT_INPUTS), output_names=[TEXT_OUTPUT],
+                          dynamic_axes={**{name: {0: "N", 1: "T"} for name in TEXT_INPUTS},
+                                        TEXT_OUTPUT: {0: "N"}},
                           do_constant_folding=True)
     onnx.save(_optimize(onnx.load(str(path))), str(path))
     return path
@@ -188,7 +187,7 @@ def tokenize(tokenizer_path: str | Path, texts: Sequence[str]) -> tuple[np.ndarr
 
 def sample_images(n: int, split: str = "val", offset: int = 0, seed: int = 0) -> np.ndarray:
     """`n` real VOC images through artifact.imaging (random images if VOC is not present)."""
-    root = _voc_root() / "images" / split
+    root = resolve_root(None, voc2007.ENV_ROOT, voc2007.DEFAULT_ROOT) / "images" / split
     paths = sorted(root.glob("*.jpg"))[offset: offset + n] if root.is_dir() else []
     if len(paths) < n:
         log.warning("VOC images not found under %s; using random images", root)
@@ -196,12 +195,6 @@ def sample_images(n: int, split: str = "val", offset: int = 0, seed: int = 0) ->
         return rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
     spec = Preprocessing()
     return np.stack([load_and_preprocess(str(p), spec) for p in paths])
-
-
-def _voc_root() -> Path:
-    import os
-
-    return Path(os.environ.get("ML2P_VOC_ROOT", SHARED_DATA / "voc2007"))
 
 
 # ------------------------------------------------------------------ calibration
@@ -285,7 +278,7 @@ def make_int8(src: str | Path, dst: str | Path, calibration_images: np.ndarray) 
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"image": calibration_images[i: i + 8]}
+            self.it = iter([{VISUAL_INPUT: calibration_images[i: i + 8]}
                             for i in range(0, len(calibration_images), 8)])
 
         def get_next(self):  # noqa: ANN202
@@ -335,11 +328,11 @@ def time_session(sess, images: np.ndarray, batch: int, runs: int) -> dict:  # no
     x = np.ascontiguousarray(images[:batch])
     if len(x) < batch:
         x = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
-    sess.run(None, {"image": x})  # warm-up
+    sess.run(None, {VISUAL_INPUT: x})  # warm-up
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(None, {"image": x})
+        sess.run(None, {VISUAL_INPUT: x})
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {"batch": batch, "runs": runs, "median_ms": 1000 * med,
@@ -410,9 +403,8 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
 
     vocab, vocab_source = vocabulary_texts()
     label_tokens = median_token_length(out / "tokenizer.json", vocab)
-    f_img = count_flops(vis, {"image": (1, 3, size, size)})
-    f_lab = count_flops(out / "text.onnx", {"input_ids": (1, label_tokens),
-                                           "attention_mask": (1, label_tokens)})
+    f_img = count_flops(vis, {VISUAL_INPUT: (1, 3, size, size)})
+    f_lab = count_flops(out / "text.onnx", {name: (1, label_tokens) for name in TEXT_INPUTS})
 
     manifest = Manifest(
         name=name or cfg.get("name", "ml2p"),
@@ -430,10 +422,10 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
                         "label_transform": "normalize(P · normalize(e − μ))"},
         files={"visual": "visual.onnx", "text": "text.onnx", "tokenizer": "tokenizer.json",
                "checkpoint": "tagger.pt"},
-        io={"visual": {"inputs": {"image": ["N", 3, size, size]},
-                       "outputs": {"groups": ["N", groups, dim]}},
-            "text": {"inputs": {"input_ids": ["N", "T"], "attention_mask": ["N", "T"]},
-                     "outputs": {"embedding": ["N", dim]}},
+        io={"visual": {"inputs": {VISUAL_INPUT: ["N", 3, size, size]},
+                       "outputs": {VISUAL_OUTPUT: ["N", groups, dim]}},
+            "text": {"inputs": {name: ["N", "T"] for name in TEXT_INPUTS},
+                     "outputs": {TEXT_OUTPUT: ["N", dim]}},
             "opset": OPSET},
         gflops=GflopsSpec(
             image=f_img.gflops, label=f_lab.gflops, label_tokens=label_tokens,
@@ -460,10 +452,10 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
         calibration_images = sample_images(32, "train")
     labels = vocab[:200]
     ids, mask = tokenize(out / "tokenizer.json", labels)
-    label_vecs = session(out / "text.onnx").run(None, {"input_ids": ids,
-                                                       "attention_mask": mask})[0]
+    label_vecs = session(out / "text.onnx").run(
+        None, dict(zip(TEXT_INPUTS, (ids, mask), strict=True)))[0]
     fp32 = session(out / "visual.onnx")
-    ref = fp32.run(None, {"image": agreement_images})[0]
+    ref = fp32.run(None, {VISUAL_INPUT: agreement_images})[0]
     ref_scores = scores_of(ref, label_vecs)
     entries = {"fp32": ("visual.onnx", fp32)}
     for variant in variants:
@@ -476,7 +468,7 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
             raise ValueError(f"unknown variant {variant!r} (fp16, int8)")
         entries[variant] = (path.name, session(path))
     for variant, (fname, sess) in entries.items():
-        got = sess.run(None, {"image": agreement_images})[0]
+        got = sess.run(None, {VISUAL_INPUT: agreement_images})[0]
         manifest.variants[variant] = Variant(
             file=fname,
             precision=VARIANT_NOTES[variant],
