@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                   "naive FastAPI server and Triton, one run"),
     "policy": ("benchmarks.policy", "execution policies (inference workers, threads, batch cap) "
                                     "measured side by side on this CPU"),
+    "decode": ("benchmarks.decode", "JPEG decoding: Pillow vs simplejpeg speed, and the draft "
+                                    "scale judged by paired VOC mAP"),
     "profile": ("benchmarks.profile", "the server at saturation under py-spy: where its time "
                                       "goes (speedscope profile + summary)"),
     "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "

@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "nvidia-pytriton" "onnxruntime" "pillow" "httpx"
+"$VENV/bin/python" -m pip install -q "nvidia-pytriton" "onnxruntime" "pillow" "simplejpeg" "httpx"
 "$VENV/bin/python" - <<'PY'
 import sysconfig, pytriton, onnxruntime
 print("pytriton", getattr(pytriton, "__version__", "?"), "onnxruntime", onnxruntime.__version__)
