@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artifact.imaging import ImageDecodeError, Preprocessing, load_and_preprocess
+from artifact.imaging import DRAFT_RATIO, ImageDecodeError, Preprocessing, load_and_preprocess
 from artifact.manifest import PreprocessingSpec
 from models.data.base import cache_root
 
@@ -76,7 +76,9 @@ class FeatureCache:
 def _cache_key(backbone: str, spec: Preprocessing, paths: list[Path]) -> str:
     digest = hashlib.sha256()
     section = PreprocessingSpec.of(spec).model_dump()  # as the manifest records it
-    digest.update(json.dumps([backbone, section], sort_keys=True).encode())
+    # how JPEGs are decoded changes the pixels too (reduced-scale decoding)
+    decoding = {"jpeg": "simplejpeg", "draft_ratio": DRAFT_RATIO}
+    digest.update(json.dumps([backbone, section, decoding], sort_keys=True).encode())
     for path in paths:
         digest.update(str(path).encode())
     return digest.hexdigest()[:16]
