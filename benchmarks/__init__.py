@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                     "measured side by side on this CPU"),
     "decode": ("benchmarks.decode", "JPEG decoding: Pillow vs simplejpeg speed, and the draft "
                                     "scale judged by paired VOC mAP"),
+    "stalls": ("benchmarks.stalls", "tagging with new labels while a 20,000-label vocabulary "
+                                    "is stored; single flight of identical misses"),
+    "uploads": ("benchmarks.uploads", "a burst of large uploads (REST and gRPC) against the "
+                                      "memory bound the settings give"),
     "profile": ("benchmarks.profile", "the server at saturation under py-spy: where its time "
                                       "goes (speedscope profile + summary)"),
     "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "

@@ -25,6 +25,8 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
         default = field.default.get_secret_value() if hasattr(field.default, "get_secret_value") \
             else field.default
+        if field.default_factory is not None:
+            default = "the execution policy for the engine and cores"
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None,
                            choices=choices or None, metavar=None if choices else "VALUE",
                            help=f"{field.description or ''} (default: {default})")

@@ -14,6 +14,29 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineName = Literal["onnxruntime-cpu", "onnxruntime-gpu", "torch"]
+POLICY_FIELDS = ("inference_workers", "intra_op_threads", "max_batch_size", "preprocess_workers")
+
+
+def execution_policy(engine: str, cores: int) -> dict[str, int]:
+    """The default execution policy for an engine on a machine with `cores` CPUs.
+
+    ONNX Runtime on CPU: one inference worker per core, each batch (at most 4 images) on all
+    the cores' intra-op threads, decode/preprocess on one thread per core; so two batches
+    overlap each other and the decoding, and a lone request still uses every core. Measured
+    best of the candidates by `ml2p bench policy` (benchmarks/results/policy.md). GPU
+    engines: dynamic batching into one worker, batches up to 32.
+    """
+    if engine == "onnxruntime-cpu":
+        return {"inference_workers": cores, "intra_op_threads": cores, "max_batch_size": 4,
+                "preprocess_workers": cores}
+    return {"inference_workers": 1, "intra_op_threads": 0, "max_batch_size": 32,
+            "preprocess_workers": cores}
+
+
+def _policy_default(name: str):  # noqa: ANN202 - a pydantic default factory
+    def factory(data: dict) -> int:
+        return execution_policy(data.get("engine", "onnxruntime-cpu"), os.cpu_count() or 2)[name]
+    return factory
 
 
 class Settings(BaseSettings):
@@ -29,7 +52,9 @@ class Settings(BaseSettings):
     # --- model and engine -----------------------------------------------------------------
     model: Path = Field(Path("models/zoo/default"), description="model artifact directory")
     engine: EngineName = Field("onnxruntime-cpu", description="runtime engine")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
+    intra_op_threads: int = Field(
+        default_factory=_policy_default("intra_op_threads"), ge=0,
+        description="ONNX Runtime intra-op threads (0 = ONNX Runtime's own choice)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
     intra_op_spinning: bool = Field(
         False, description="ONNX Runtime threads busy-wait between ops (only pays off on cores "
@@ -43,7 +68,8 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="run one batch through both graphs before ready")
 
     # --- batching -------------------------------------------------------------------------
-    max_batch_size: int = Field(32, ge=1, le=1024, description="images per inference batch")
+    max_batch_size: int = Field(default_factory=_policy_default("max_batch_size"), ge=1, le=1024,
+                                description="images per inference batch")
     max_queue_delay_ms: float = Field(
         5.0, ge=0, description="longest wait (from the first queued image) for a batch to "
         "fill while another batch runs; an idle engine never waits (so with one inference "
@@ -52,12 +78,15 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(
         256, ge=1, description="images waiting for inference; the server holds at most this "
         "plus inference_workers x max_batch_size images (decoding, queued, running), 429 beyond")
-    inference_workers: int = Field(1, ge=1, le=16, description="batches run concurrently")
+    inference_workers: int = Field(default_factory=_policy_default("inference_workers"), ge=1,
+                                   le=16, description="batches run concurrently")
     max_concurrent_requests: int = Field(
-        0, ge=0, description="requests with a body (tagging, vocabularies) admitted at once per "
-        "protocol; beyond it 429 / RESOURCE_EXHAUSTED before the body is read (0 = the image "
-        "capacity, max_queue_size + inference_workers x max_batch_size)")
-    preprocess_workers: int = Field(2, ge=1, le=64, description="decode/preprocess threads")
+        64, ge=0, description="requests with a body (tagging, vocabularies) admitted at once per "
+        "protocol; beyond it 429 / RESOURCE_EXHAUSTED before the body is read; it bounds the "
+        "memory held for request bodies (0 = the image capacity, max_queue_size + "
+        "inference_workers x max_batch_size)")
+    preprocess_workers: int = Field(default_factory=_policy_default("preprocess_workers"), ge=1,
+                                    le=64, description="decode/preprocess threads")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429")
     inference_delay_ms: float = Field(
@@ -90,6 +119,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with the request id; text: for humans")
+
+    def policy(self) -> dict:
+        """The execution policy in force, and for each knob whether it is the device's default
+        (`auto`) or was set (`setting`: environment or flag); `/v1/models` reports it."""
+        return {**{name: getattr(self, name) for name in POLICY_FIELDS},
+                "max_queue_delay_ms": self.max_queue_delay_ms, "engine": self.engine,
+                "cores": os.cpu_count() or 2,
+                "source": {name: "setting" if name in self.model_fields_set else "auto"
+                           for name in POLICY_FIELDS}}
 
     @property
     def admitted_requests(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,6 +129,20 @@ class VocabularyList(BaseModel):
     vocabularies: list[str]
 
 
+class ExecutionPolicy(BaseModel):
+    """How the server runs the model on this device; `source` says, per knob, whether it is
+    the device's default (`auto`) or was set (`setting`)."""
+
+    inference_workers: int
+    intra_op_threads: int
+    max_batch_size: int
+    preprocess_workers: int
+    max_queue_delay_ms: float
+    engine: str
+    cores: int
+    source: dict[str, Literal["auto", "setting"]]
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -142,6 +156,7 @@ class ModelInfo(BaseModel):
     accuracy: dict[str, Any]
     calibrated: bool
     state: str
+    execution_policy: ExecutionPolicy
 
 
 class ModelList(BaseModel):

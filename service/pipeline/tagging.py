@@ -416,6 +416,7 @@ class TaggingService:
         return {
             "name": m.name, "version": m.version, "engine": self.engine.name,
             "engine_details": self.engine.describe(), "state": self.state.value,
+            "execution_policy": self.settings.policy(),
             "backbone": m.backbone, "groups": m.groups, "dim": m.dim,
             "input_size": self.artifact.preprocessing.size,
             "label_embedder": m.label_embedder.model_dump(),

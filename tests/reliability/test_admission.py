@@ -5,17 +5,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import threading
-import time
 
 import grpc
 import httpx
 import psutil
 import pytest
-from PIL import Image
 from server_harness import Server, pb, pb_grpc
 
+from benchmarks.uploads import PeakRSS, padded_jpeg
 from service.settings import Settings
 
 pytestmark = pytest.mark.reliability
@@ -23,34 +20,6 @@ pytestmark = pytest.mark.reliability
 LIMITS = {"max_concurrent_requests": 4, "max_body_bytes": 20 * 2**20, "max_pixels": 2_000_000,
           "inference_delay_ms": 100, "max_batch_size": 2, "preprocess_workers": 1}
 UPLOADS = 40
-
-
-def _upload(size: int) -> bytes:
-    """A valid JPEG padded to `size` bytes after its end marker (decoders stop there)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (90, 140, 200)).save(buffer, format="JPEG")
-    return buffer.getvalue() + b"\0" * (size - buffer.tell())
-
-
-class PeakRSS:
-    """Samples a process's resident memory every 20 ms while in use."""
-
-    def __init__(self, pid: int) -> None:
-        self.process, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +34,9 @@ def guarded(model_dir, tmp_path_factory):
 @pytest.mark.timeout(120)
 def test_large_upload_burst_is_refused_before_buffering(guarded: Server) -> None:
     bound = Settings(**LIMITS).request_memory_bound(input_size=32)  # the tiny model's input
-    body = _upload(LIMITS["max_body_bytes"] - 4096)
+    body = padded_jpeg(LIMITS["max_body_bytes"] - 4096)
     rest_parts = {"image": ("big.jpg", body, "image/jpeg")}
-    grpc_body = _upload(LIMITS["max_body_bytes"] // 4)
+    grpc_body = padded_jpeg(LIMITS["max_body_bytes"] // 4)
     idle = psutil.Process(guarded.proc.pid).memory_info().rss
 
     async def rest_burst() -> list[int]:
@@ -112,6 +81,6 @@ def test_large_upload_burst_is_refused_before_buffering(guarded: Server) -> None
     assert over_grpc.count("RESOURCE_EXHAUSTED") > 0, summary
     assert rss.peak - idle <= bound, summary
     with httpx.Client(base_url=guarded.url, timeout=30) as client:  # and it serves on
-        ok = client.post("/v1/tag", files={"image": ("s.jpg", _upload(10_000))},
+        ok = client.post("/v1/tag", files={"image": ("s.jpg", padded_jpeg(10_000))},
                          data={"labels": ["sky"]})
         assert ok.status_code == 200, ok.text

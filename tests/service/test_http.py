@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import zlib
 
 import httpx
@@ -376,6 +377,21 @@ def test_models(http, manifest):
     assert (model["groups"], model["dim"]) == (manifest["groups"], manifest["dim"])
     assert model["gflops"]["image"] == manifest["gflops"]["image"]
     assert model["accuracy"] == manifest["accuracy"] and model["state"] == "ready"
+
+
+def test_models_report_the_execution_policy(http):
+    """Knobs the test server sets are `setting`; the rest are the CPU policy for this
+    machine's cores (`auto`)."""
+    from service.settings import execution_policy
+
+    (model,) = http.get("/v1/models").json()["models"]
+    policy = model["execution_policy"]
+    assert policy["cores"] == os.cpu_count() and policy["engine"] == "onnxruntime-cpu"
+    assert (policy["max_batch_size"], policy["source"]["max_batch_size"]) == (8, "setting")
+    assert (policy["intra_op_threads"], policy["source"]["intra_op_threads"]) == (1, "setting")
+    auto = execution_policy("onnxruntime-cpu", os.cpu_count())
+    assert policy["source"]["inference_workers"] == "auto"
+    assert policy["inference_workers"] == auto["inference_workers"]
 
 
 def test_health_docs_openapi(http):

@@ -68,7 +68,7 @@ def test_drain_timeout_answers_queued_work_503_and_exits_0(model_dir, tmp_path):
     """Work still queued when the drain timeout runs out is refused with a 503 /
     UNAVAILABLE naming the timeout (it was a bare 500 once); the running batch finishes."""
     srv = Server(model_dir, tmp_path, inference_delay_ms=1000, max_batch_size=1,
-                 drain_timeout_s=1).wait_ready()
+                 inference_workers=1, drain_timeout_s=1).wait_ready()  # one batch at a time
     png = image_bytes()
     rest: list[httpx.Response] = []
     rpc: list[grpc.StatusCode] = []

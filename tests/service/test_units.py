@@ -35,7 +35,8 @@ def test_flags_override_environment(monkeypatch):
     settings = settings_from(args)
     assert (settings.http_port, settings.grpc_port, str(settings.model)) == (9001, 7, "/m")
     assert settings.api_key is None
-    assert Settings().max_batch_size == 32  # a documented default
+    assert Settings().retry_after_s == 1  # a documented default
+    assert Settings(engine="onnxruntime-gpu").max_batch_size == 32  # the GPU policy's batches
 
 
 # --- artifact ----------------------------------------------------------------------------
