@@ -6,7 +6,7 @@ decoding is cheap and the body is what costs memory): REST as multipart `POST /v
 as `Tag`. The server admits `max_concurrent_requests` per protocol and must refuse the rest
 with 429 / RESOURCE_EXHAUSTED before reading their bodies. Reported per protocol: answers by
 status, refusals without the right status (must be 0), the server's peak RSS (sampled every
-20 ms) above its idle RSS, against `Settings.request_memory_bound()`.
+20 ms) above its idle RSS (before the first burst), against `Settings.request_memory_bound()`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import command_main, serve_bench
+from benchmarks import command_main, serve_bench, serve_compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,23 +81,24 @@ async def rest_burst(url: str, body: bytes, uploads: int) -> list[tuple[int, str
 
 
 async def grpc_burst(target: str, body: bytes, uploads: int) -> list[tuple[str, str]]:
-    """(status code name, details) per upload, all sent at once."""
+    """(status code name, details) per upload, all sent at once, each on its own channel (one
+    HTTP/2 connection would carry them one after another)."""
     import grpc
 
-    from service.protos import pb, pb_grpc
+    from service.protos import load
 
+    pb, pb_grpc = load()
     options = [("grpc.max_send_message_length", len(body) + 2**20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        stub = pb_grpc.TaggerStub(channel)
-        request = pb.TagRequest(image=body, labels=["sky", "dog"])
+    request = pb.TagRequest(image=body, labels=["sky", "dog"])
 
-        async def one() -> tuple[str, str]:
+    async def one() -> tuple[str, str]:
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
             try:
-                await stub.Tag(request, timeout=300)
+                await pb_grpc.TaggerStub(channel).Tag(request, timeout=300)
                 return "OK", ""
             except grpc.aio.AioRpcError as exc:
                 return exc.code().name, exc.details() or ""
-        return await asyncio.gather(*(one() for _ in range(uploads)))
+    return await asyncio.gather(*(one() for _ in range(uploads)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ml2p-uploads-") as tmp:
         proc, url, target = serve_bench._start_server(model, Path(tmp), overrides)
         try:
+            idle = psutil.Process(proc.pid).memory_info().rss  # before any upload
             for protocol in ("rest", "grpc"):
-                idle = psutil.Process(proc.pid).memory_info().rss
                 started = time.perf_counter()
                 with PeakRSS(proc.pid) as rss:
                     if protocol == "rest":
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                     "server_alive": proc.poll() is None})
                 print(f"uploads {rows[-1]}", flush=True)
         finally:
-            serve_bench._stop(proc)
+            serve_compare._stop(proc)
     manifest = json.loads((model / "manifest.json").read_text())
     report = {
         "benchmark": "uploads", "command": " ".join(["ml2p bench uploads", *args.argv]),
