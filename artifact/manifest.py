@@ -105,12 +105,38 @@ class VariantAgreement(_Open):
     reference: str
 
 
+class VariantGate(_Open):
+    """Whether a variant may be served by `precision=auto` (see `VariantAccuracy`)."""
+
+    passed: bool
+    rule: str
+    failed: list[str] = Field(default_factory=list)
+
+
+class VariantAccuracy(_Open):
+    """A variant's accuracy on the test split (VOC images/val), measured by `ml2p eval
+    --variants` on the very file (`sha256`), with its paired change against fp32."""
+
+    dataset: str
+    images: int
+    zsl_map: float
+    gzsl_map: float
+    zsl_change: float
+    gzsl_change: float
+    zsl_change_ci95: list[float]
+    gzsl_change_ci95: list[float]
+    top5_identical: float
+    sha256: str
+    gate: VariantGate
+
+
 class Variant(_Open):
     """A precision variant of the visual graph and how far it is from fp32."""
 
     file: str
     precision: str
     agreement: VariantAgreement | None = None
+    accuracy: VariantAccuracy | None = None
     speed_cpu_1_thread: dict[str, Any] | None = None
 
 

@@ -141,6 +141,36 @@ def write_tiny_artifact(
     return out
 
 
+def add_tiny_variant(artifact: str | Path, variant: str, *, gate_passed: bool | None,
+                     seed: int = 7) -> Path:
+    """Add a `variant` visual graph to a tiny artifact: the tiny visual graph with other
+    weights (so answers show which graph served), and its manifest entry, with a measured
+    accuracy whose gate passed or failed (`gate_passed`; None = accuracy not measured)."""
+    import hashlib
+
+    from artifact.manifest import Manifest
+
+    artifact = Path(artifact)
+    manifest = Manifest.model_validate_json((artifact / "manifest.json").read_text())
+    name = f"visual.{variant}.onnx"
+    _visual(artifact / name, manifest.preprocessing.size, manifest.groups, manifest.dim, seed)
+    accuracy = None
+    if gate_passed is not None:
+        accuracy = {"dataset": "tiny", "images": 1, "zsl_map": 50.0, "gzsl_map": 50.0,
+                    "zsl_change": 0.0 if gate_passed else -2.0, "gzsl_change": 0.0,
+                    "zsl_change_ci95": [-0.1, 0.1], "gzsl_change_ci95": [-0.1, 0.1],
+                    "top5_identical": 1.0,
+                    "sha256": hashlib.sha256((artifact / name).read_bytes()).hexdigest(),
+                    "gate": {"passed": gate_passed, "rule": "test rule",
+                             "failed": [] if gate_passed else ["ZSL mAP change -2.00 points"]}}
+    variants = dict(manifest.variants or {})
+    variants[variant] = {"file": name, "precision": f"tiny {variant} stand-in",
+                         "accuracy": accuracy}
+    data = manifest.model_dump(mode="json", exclude_none=True) | {"variants": variants}
+    (artifact / "manifest.json").write_text(Manifest.model_validate(data).to_json())
+    return artifact / name
+
+
 def image_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48),
                 fmt: str = "PNG", mode: str = "RGB", **save: object) -> bytes:
     """An encoded image: solid colour with a contrasting square (so images differ)."""

@@ -55,6 +55,16 @@ def parse_methods(items: list[str]) -> dict[str, list[Path]]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.variants:  # the artifact's precision variants into the same table
+        from models.evaluate import evaluate_variants
+
+        command = " ".join(["ml2p eval --variants", args.variants,
+                            *(["--bootstrap", str(args.bootstrap)] if args.bootstrap != 1000
+                              else [])])
+        evaluate_variants(Path(args.variants), Path(args.out), bootstrap=args.bootstrap,
+                          command=command)
+        print((Path(args.out).with_suffix(".md")).read_text())
+        return
     if args.method:  # several methods' checkpoints into one table
         from models.evaluate import evaluate_methods
 
@@ -80,8 +90,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     path = export_artifact(Path(args.checkpoint), Path(args.out),
                            calibration_data=args.calibration, accuracy=args.accuracy,
-                           variants=tuple(v for v in args.variants.split(",") if v))
+                           variants=tuple(v for v in args.variants.split(",") if v),
+                           int8_ranges=args.int8_ranges)
     print(f"artifact: {path}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from models.quantize import choose
+
+    argv = [args.artifact, "--images", str(args.images), "--out", args.out]
+    spec = choose(Path(args.artifact), Path(args.out), n_images=args.images, argv=argv)
+    print(f"chose {spec['method']} calibration, float32 kept for {spec['exclusion']}: "
+          f"{args.out}")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -114,6 +134,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--datasets", nargs="+", default=["voc2007", "emojitags"])
     evaluate.add_argument("--out", default=str(REPO / "benchmarks/results/accuracy.json"))
     evaluate.add_argument("--bootstrap", type=int, default=1000)
+    evaluate.add_argument("--variants", metavar="ARTIFACT",
+                          help="instead: each precision variant of ARTIFACT (fp32, fp16, int8) "
+                               "on VOC images/val with its change against fp32 and the gate "
+                               "for precision=auto; merged into --out")
     evaluate.set_defaults(func=cmd_eval)
 
     export = subparsers.add_parser("export", help="write the ONNX model artifact")
@@ -125,4 +149,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="`ml2p eval` output, stored in the manifest")
     export.add_argument("--variants", default="fp16,int8",
                         help="extra visual graphs, comma-separated (fp16, int8; '' for none)")
+    export.add_argument("--int8-ranges", metavar="INT8.json",
+                        help="`ml2p quantize` output: build the int8 graph from it (no data)")
     export.set_defaults(func=cmd_export)
+
+    quantize = subparsers.add_parser(
+        "quantize", help="choose the int8 calibration (method, exclusions) on VOC train/val "
+                         "and write its ranges for the exporter")
+    quantize.add_argument("artifact", help="an artifact directory (its fp32 visual.onnx)")
+    quantize.add_argument("--images", type=int, default=128, help="calibration images (train)")
+    quantize.add_argument("--out", default="models/weights/default.int8.json")
+    quantize.set_defaults(func=cmd_quantize)

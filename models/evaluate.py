@@ -122,6 +122,109 @@ def evaluate_checkpoints(checkpoints: list[Path], datasets: list[str], out: Path
     return report
 
 
+# `precision=auto` serves a variant only if, on the test split, its mAP change against fp32 is
+# within GATE_MEAN points with a paired 95 % interval above GATE_LOWER, for ZSL and GZSL, and
+# its top-5 labels match fp32's on at least GATE_TOP5 of the images
+GATE_MEAN, GATE_LOWER, GATE_TOP5 = 0.5, -1.0, 0.90
+GATE_RULE = (f"|mAP change| <= {GATE_MEAN} point and paired 95 % interval above {GATE_LOWER} "
+             f"for ZSL and GZSL, top-5 identical on >= {GATE_TOP5:.0%} of images")
+
+
+def gate(entry: dict) -> dict:
+    """The accuracy gate of one variant entry (changes in mAP points)."""
+    failed = []
+    for setting in ("zsl", "gzsl"):
+        change, low = entry[f"{setting}_change"], entry[f"{setting}_change_ci95"][0]
+        if abs(change) > GATE_MEAN:
+            failed.append(f"{setting.upper()} mAP change {change:+.2f} points")
+        if low <= GATE_LOWER:
+            failed.append(f"{setting.upper()} change interval reaches {low:+.2f}")
+    if entry["top5_identical"] < GATE_TOP5:
+        failed.append(f"top-5 identical on {entry['top5_identical']:.1%} of images")
+    return {"passed": not failed, "rule": GATE_RULE, "failed": failed}
+
+
+def evaluate_variants(artifact: Path, out: Path, bootstrap: int = 1000,
+                      command: str = "") -> dict:
+    """Each visual graph of `artifact` (fp32, fp16, int8) on VOC images/val: ZSL / GZSL mAP,
+    the paired change against fp32 with its bootstrap interval, top-5 agreement, the gate.
+    Merged into `out` (the accuracy table) as its `variants` section."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from artifact.imaging import load_and_preprocess
+    from artifact.loader import load_artifact
+    from models.data import load_dataset
+    from models.export import session, tokenize, top5_agreement
+    from service.pipeline.scoring import score
+
+    loaded = load_artifact(artifact)
+    files = {"fp32": loaded.manifest.files.visual,
+             **{v: spec.file for v, spec in (loaded.manifest.variants or {}).items()
+                if v != "fp32"}}
+    data = load_dataset("voc2007", "test")
+    ids, mask = tokenize(artifact / "tokenizer.json", list(data.label_names))
+    labels = session(artifact / "text.onnx").run(None, {"input_ids": ids,
+                                                        "attention_mask": mask})[0]
+    images = [load_and_preprocess(str(p)) for p in data.image_paths]
+    split = SimpleNamespace(targets=data.targets, seen=data.seen)
+    scores, draws = {}, {}
+    for variant, name in files.items():
+        sess = session(artifact / name, threads=2)
+        scores[variant] = np.concatenate([
+            score(sess.run(None, {"image": np.stack(images[i:i + 32])})[0], labels)
+            for i in range(0, len(images), 32)])
+        _, draws[variant] = bootstrap_map([scores[variant]], split, bootstrap)
+    section: dict = {"command": command, "artifact": loaded.key, "dataset": "voc2007 test "
+                     "(images/val)", "images": len(images), "bootstrap_samples": bootstrap,
+                     "gate_rule": GATE_RULE, "results": {}}
+    reference = evaluate_zsl_gzsl(scores["fp32"], data.targets, data.label_names, data.seen,
+                                  include=INCLUSION)
+    for variant, name in files.items():
+        result = evaluate_zsl_gzsl(scores[variant], data.targets, data.label_names, data.seen,
+                                   include=INCLUSION)
+        entry = {"dataset": section["dataset"], "images": len(images),
+                 "sha256": hashlib.sha256((artifact / name).read_bytes()).hexdigest(),
+                 "top5_identical": top5_agreement(scores["fp32"], scores[variant])
+                 ["top5_identical"]}
+        for setting in ("zsl", "gzsl"):
+            entry[f"{setting}_map"] = round(100 * result[setting]["map"], 2)
+            entry[f"{setting}_change"] = round(
+                100 * (result[setting]["map"] - reference[setting]["map"]), 2)
+            paired = 100 * (np.array(draws[variant][setting]) - np.array(draws["fp32"][setting]))
+            entry[f"{setting}_change_ci95"] = [round(float(np.percentile(paired, 2.5)), 2),
+                                               round(float(np.percentile(paired, 97.5)), 2)]
+        entry["gate"] = gate(entry)
+        section["results"][variant] = entry
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    report["variants"] = section
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown_table(report))
+    return section
+
+
+def variants_markdown(section: dict) -> list[str]:
+    lines = [f"## Precision variants of `{section['artifact']}`: {section['dataset']}, "
+             f"{section['images']} images", "",
+             f"Command: `{section['command']}`. Each visual graph of the artifact, the fp32 "
+             f"text graph; change = variant − fp32 in mAP points, [paired 95 % bootstrap "
+             f"interval, {section['bootstrap_samples']} resamples of test images]; top-5 = "
+             f"share of images whose top-5 labels (of 20) are fp32's. Gate for "
+             f"`ML2P_PRECISION=auto`: {section['gate_rule']}.", "",
+             "| variant | ZSL mAP | ZSL change | GZSL mAP | GZSL change | top-5 identical | "
+             "gate |", "|---|---:|---|---:|---|---:|---|"]
+    for variant, e in section["results"].items():
+        verdict = "reference" if variant == "fp32" else (
+            "passed" if e["gate"]["passed"] else "failed: " + "; ".join(e["gate"]["failed"]))
+        lines.append(f"| {variant} | {e['zsl_map']} | {e['zsl_change']:+.2f} "
+                     f"[{e['zsl_change_ci95'][0]:+.2f}, {e['zsl_change_ci95'][1]:+.2f}] | "
+                     f"{e['gzsl_map']} | {e['gzsl_change']:+.2f} [{e['gzsl_change_ci95'][0]:+.2f}"
+                     f", {e['gzsl_change_ci95'][1]:+.2f}] | {e['top5_identical']:.1%} | "
+                     f"{verdict} |")
+    return lines + [""]
+
+
 BOOTSTRAP_CAVEAT = (
     "Where labels have few positive test images and rankings are near random (EmojiTags: a "
     "median of 6 positives per unseen keyword), the resampled mAPs sit above the estimate (AP "
@@ -136,6 +239,8 @@ def markdown_table(report: dict) -> str:
              f"Inclusion: {report['inclusion_rule']}. mAP, F1@3, F1@5 in %; ML2P is the mean of "
              f"{len(report['checkpoints'])} seed(s), [95 % bootstrap interval of mAP, "
              f"{report['bootstrap_samples']} resamples of test images]. " + BOOTSTRAP_CAVEAT, ""]
+    if "datasets" not in report:  # only the variants section so far
+        return "\n".join(["# Zero-shot accuracy", "", *variants_markdown(report["variants"])])
     for name, entry in report["datasets"].items():
         lines += dataset_header(name, entry)
         lines += [method_row(m, v) for m, v in entry["methods"].items()]
@@ -145,6 +250,8 @@ def markdown_table(report: dict) -> str:
                           f"{100 * d['zsl'][1]:+.1f}], GZSL [{100 * d['gzsl'][0]:+.1f}, "
                           f"{100 * d['gzsl'][1]:+.1f}]"]
         lines.append("")
+    if "variants" in report:
+        lines += variants_markdown(report["variants"])
     return "\n".join(lines)
 
 
@@ -267,6 +374,8 @@ def methods_markdown(report: dict) -> str:
              f"Inclusion: {report['inclusion_rule']}. mAP, F1@3, F1@5 in %; each method is the "
              f"mean over its checkpoints (seeds: {seeds}), [95 % bootstrap interval of mAP, "
              f"{report['bootstrap_samples']} resamples of test images]. " + BOOTSTRAP_CAVEAT, ""]
+    if "datasets" not in report:  # only the variants section so far
+        return "\n".join(["# Zero-shot accuracy", "", *variants_markdown(report["variants"])])
     for name, entry in report["datasets"].items():
         lines += dataset_header(name, entry)
         lines += [method_row(m, v) for m, v in entry["methods"].items()]

@@ -19,9 +19,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
-import re
 import shutil
 import statistics
 import time
@@ -39,6 +39,7 @@ from artifact.manifest import (
     Manifest,
     PreprocessingSpec,
     Variant,
+    VariantAccuracy,
     VariantAgreement,
 )
 from artifact.tokenizer import LabelTokenizer
@@ -54,8 +55,6 @@ OPSET = 17
 VARIANT_NOTES = {
     "fp32": "float32 (reference)",
     "fp16": "float16 weights and compute, float32 I/O",
-    "int8": "backbone int8 QDQ (per-channel weights, uint8 activations, MinMax calibration on "
-            "32 VOC train images); head float32",
 }
 
 
@@ -265,39 +264,17 @@ def _toposort(graph) -> None:  # noqa: ANN001 - onnx.GraphProto, sorted in place
     graph.node.extend(ordered)
 
 
-def make_int8(src: str | Path, dst: str | Path, calibration_images: np.ndarray) -> Path:
-    """Static int8 QDQ of the backbone (per-channel int8 weights, uint8 activations, MinMax
-    calibrated on real images); the head stays fp32 (small, and its ranking is sensitive)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def make_int8(src: Path, dst: Path, ranges_file: str | Path | None,
+              calibration_images: np.ndarray | None) -> str:
+    """The int8 graph from a committed `ml2p quantize` file, else (no file) min-max calibrated
+    on `calibration_images` with the head kept in float32; returns its description."""
+    from models.quantize import describe, quantize, quantize_from_file
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{VISUAL_INPUT: calibration_images[i: i + 8]}
-                            for i in range(0, len(calibration_images), 8)])
-
-        def get_next(self):  # noqa: ANN202
-            return next(self.it, None)
-
-    dst = Path(dst)
-    pre = dst.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        import onnx
-
-        head = [n.name for n in onnx.load(str(pre)).graph.node
-                if re.search(r"(^|/)head/", n.name)]
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QUInt8, nodes_to_exclude=head)
-    finally:
-        pre.unlink(missing_ok=True)
-    return dst
+    if ranges_file is not None:
+        return describe(quantize_from_file(src, dst, Path(ranges_file)))
+    quantize(src, dst, method="minmax", exclusion="head", images=calibration_images)
+    return describe({"method": "minmax", "exclusion": "head",
+                     "calibration": {"images": len(calibration_images), "split": "given"}})
 
 
 def session(path: str | Path, threads: int = 1):  # noqa: ANN201
@@ -356,7 +333,7 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
                     provenance: Mapping | None = None, agreement_images: np.ndarray | None = None,
                     calibration_images: np.ndarray | None = None, name: str | None = None,
                     version: str | None = None, embedder=None,  # noqa: ANN001
-                    timing_runs: int = 10) -> Path:
+                    timing_runs: int = 10, int8_ranges: str | Path | None = None) -> Path:
     """Write the artifact directory for `checkpoint_path` (a checkpoint file or a Tagger).
 
     calibration_data: validation (scores, targets) — a dict with `scores`/`targets`, a tuple, or
@@ -365,6 +342,8 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
     agreement_images / calibration_images: float32 [N,3,H,W] for the variants' top-5 agreement
       and int8 calibration (default: 32 VOC images/val and 32 VOC images/train; random images
       when VOC is not present).
+    int8_ranges: an `ml2p quantize` file (method, exclusion, calibration ranges): the int8
+      graph is built from it alone, without calibration images.
     """
     import onnx
     import torch
@@ -448,7 +427,7 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
     # fp32 reference on real images, label set for agreement
     if agreement_images is None:
         agreement_images = sample_images(32, "val")
-    if calibration_images is None and "int8" in variants:
+    if calibration_images is None and "int8" in variants and int8_ranges is None:
         calibration_images = sample_images(32, "train")
     labels = vocab[:200]
     ids, mask = tokenize(out / "tokenizer.json", labels)
@@ -458,25 +437,34 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
     ref = fp32.run(None, {VISUAL_INPUT: agreement_images})[0]
     ref_scores = scores_of(ref, label_vecs)
     entries = {"fp32": ("visual.onnx", fp32)}
+    notes = dict(VARIANT_NOTES)
     for variant in variants:
         path = out / f"visual.{variant}.onnx"
         if variant == "fp16":
             make_fp16(out / "visual.onnx", path)
         elif variant == "int8":
-            make_int8(out / "visual.onnx", path, calibration_images)
+            notes["int8"] = make_int8(out / "visual.onnx", path, int8_ranges, calibration_images)
         else:
             raise ValueError(f"unknown variant {variant!r} (fp16, int8)")
         entries[variant] = (path.name, session(path))
+    measured = (manifest.accuracy.get("variants") or {}).get("results", {})
     for variant, (fname, sess) in entries.items():
         got = sess.run(None, {VISUAL_INPUT: agreement_images})[0]
+        entry = measured.get(variant)
+        digest = hashlib.sha256((out / fname).read_bytes()).hexdigest()
+        if entry is not None and entry.get("sha256") != digest:
+            log.warning("the accuracy measured for the %s graph is of another build (sha256 "
+                        "differs): not recorded, so precision=auto will not serve it", variant)
+            entry = None
         manifest.variants[variant] = Variant(
             file=fname,
-            precision=VARIANT_NOTES[variant],
+            precision=notes[variant],
             agreement=VariantAgreement(
                 **top5_agreement(ref_scores, scores_of(got, label_vecs)),
                 max_abs_diff_groups=float(np.abs(got - ref).max()),
                 images=int(len(agreement_images)), labels=len(labels),
                 reference="visual.onnx (fp32)"),
+            accuracy=VariantAccuracy(**entry) if entry is not None else None,
             speed_cpu_1_thread={"batch1": time_session(sess, agreement_images, 1, timing_runs)},
         )
     manifest.export_seconds = round(time.perf_counter() - t_start, 1)

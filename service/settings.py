@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # --- model and engine -----------------------------------------------------------------
     model: Path = Field(Path("models/zoo/default"), description="model artifact directory")
     engine: EngineName = Field("onnxruntime-cpu", description="runtime engine")
+    precision: Literal["fp32", "fp16", "int8", "auto"] = Field(
+        "auto", description="visual graph served: auto = int8 on CPU when the manifest records "
+        "that it passed the accuracy gate, else fp32")
     intra_op_threads: int = Field(
         default_factory=_policy_default("intra_op_threads"), ge=0,
         description="ONNX Runtime intra-op threads (0 = ONNX Runtime's own choice)")

@@ -184,7 +184,10 @@ class TaggingService:
         if self.state is State.STARTING:
             self._set_state(State.READY)
             self.metrics.startup.set(time.time() - PROCESS_START)
-            log.info("ready: model %s, engine %s", self.artifact.key, self.engine.name)
+            precision = self.engine.describe().get("precision")
+            log.info("ready: model %s, engine %s%s", self.artifact.key, self.engine.name,
+                     f", precision {precision['served']} ({precision['reason']})"
+                     if precision else "")
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """Until warm-up has finished (True when READY)."""
@@ -417,6 +420,7 @@ class TaggingService:
             "name": m.name, "version": m.version, "engine": self.engine.name,
             "engine_details": self.engine.describe(), "state": self.state.value,
             "execution_policy": self.settings.policy(),
+            "precision": self.engine.describe().get("precision"),
             "backbone": m.backbone, "groups": m.groups, "dim": m.dim,
             "input_size": self.artifact.preprocessing.size,
             "label_embedder": m.label_embedder.model_dump(),

@@ -7,6 +7,7 @@ same code as the CPU path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,7 @@ from artifact.loader import (
     Port,
     check_signature,
 )
+from artifact.precision import choose_precision
 from service.runtime.base import Engine, EngineUnavailable
 
 if TYPE_CHECKING:
@@ -79,12 +81,16 @@ class OnnxRuntimeEngine(Engine):
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          "1" if settings.intra_op_spinning else "0")
         self._providers = providers_for(settings)
-        self.visual = self._session(artifact, "visual", options)
+        self.precision = choose_precision(artifact, settings.precision,
+                                          cpu=settings.engine == "onnxruntime-cpu")
+        self.visual = self._session(artifact, "visual", options,
+                                    artifact.path / self.precision.file)
         self.text = self._session(artifact, "text", options)
         self._text_inputs = [i.name for i in self.text.get_inputs()]
 
-    def _session(self, artifact: Artifact, role: str, options: ort.SessionOptions):
-        path = artifact.file(role)  # type: ignore[arg-type]
+    def _session(self, artifact: Artifact, role: str, options: ort.SessionOptions,
+                 path: Path | None = None):
+        path = path or artifact.file(role)  # type: ignore[arg-type]
         try:
             session = ort.InferenceSession(str(path), options, providers=self._providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several undocumented types
@@ -111,5 +117,6 @@ class OnnxRuntimeEngine(Engine):
             "providers": self.visual.get_providers(),
             "onnxruntime": ort.__version__,
             "intra_op_threads": self.settings.intra_op_threads,
+            "precision": self.precision.describe(),
             "graph_optimization": self.settings.graph_optimization,
         }

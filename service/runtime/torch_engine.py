@@ -39,6 +39,9 @@ class TorchEngine(Engine):
         from models.inference import TextRunner, VisualRunner, pick_device, text_module_for
         from models.tagger import load_checkpoint
 
+        if settings.precision == "int8":
+            raise EngineUnavailable("the torch engine runs the float checkpoint: precision "
+                                    "int8 needs an onnxruntime engine")
         files = artifact.manifest.files
         ckpt = artifact.path / (files.checkpoint or "tagger.pt")
         if not ckpt.is_file():
@@ -60,7 +63,8 @@ class TorchEngine(Engine):
             raise ArtifactError(artifact.path, f"{ckpt.name} disagrees with manifest.json "
                                                f"(G/D {groups}/{tagger.config['dim']} vs "
                                                f"{m.groups}/{m.dim})")
-        fp16 = bool(settings.fp16) and self.device.type == "cuda"  # CPU half is slow/partial
+        fp16 = (bool(settings.fp16) or settings.precision == "fp16") \
+            and self.device.type == "cuda"  # CPU half is slow/partial
         self.visual = VisualRunner(tagger, str(self.device), fp16=fp16, cuda_graphs=cuda_graphs)
         self.text = TextRunner(text_module_for(tagger), str(self.device))
 
