@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runners: dict[str, tuple[str, object]] = {}
     for variant, info in (m.variants or {}).items():
-        runners[f"onnxruntime-cpu/{variant}"] = (variant, ort_session(art / info["file"]))
+        runners[f"onnxruntime-cpu/{variant}"] = (variant, ort_session(art / info.file))
     if not runners:
         runners["onnxruntime-cpu/fp32"] = ("fp32", ort_session(art / m.files.visual))
     from service.runtime.torch_engine import TorchEngine
@@ -107,21 +107,28 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (variant, fn) in runners.items():
         out = fn(images)
         agreement = top5_agreement(ref_scores, scores_of(out, label_vecs))
+        measured = (m.variants or {}).get(variant)
+        measured = measured.accuracy if measured is not None and name.startswith("onnx") \
+            else None
         row = {"engine": name, "variant": variant,
                "gflops_per_image": m.gflops.image,
                "batch1": timed(fn, images[:1], args.runs),
+               "batch4": timed(fn, images[:4], args.runs),
                "batch32": timed(fn, images, max(args.runs // 4, 5)),
                "accuracy_delta": {**agreement,
                                   "max_abs_diff_groups": float(np.abs(out - ref).max()),
                                   "reference": "onnxruntime-cpu/fp32, 32 VOC val images, "
-                                               "200 labels"}}
+                                               "200 labels"},
+               "accuracy": measured.model_dump() if measured is not None else None}
         rows.append(row)
         print(f"{name:24s} b1 {row['batch1']['median_ms']:7.1f} ms   "
               f"b32 {row['batch32']['images_per_s']:6.1f} img/s   "
               f"top5 {agreement['top5_identical']:.3f}", flush=True)
     text_lat = timed(lambda x: text.run(None, {"input_ids": x[0], "attention_mask": x[1]}),
                      tokenize(art / m.files.tokenizer, labels[:1]), args.runs)
+    command = " ".join(["ml2p bench engines", *(argv if argv is not None else sys.argv[1:])])
     result = {
+        "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "artifact": source, "name": m.name, "version": m.version,
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "threads": args.threads, "python": platform.python_version(),
@@ -138,16 +145,25 @@ def main(argv: list[str] | None = None) -> dict:
              f"CPU, {args.threads} threads, onnxruntime {ort.__version__}, torch "
              f"{torch.__version__}. GFLOPs/image {m.gflops.image:.3f}, GFLOPs/label "
              f"{m.gflops.label:.4f} at {m.gflops.label_tokens} tokens.", "",
-             "| engine | batch 1 latency ms (p10–p90) | batch 32 img/s | top-5 identical | "
-             "top-5 overlap | max abs Δ |", "|---|---|---|---|---|---|"]
+             "| engine | batch 1 latency ms (p10–p90) | batch 4 img/s | batch 32 img/s | "
+             "top-5 identical (200 labels) | max abs Δ | VOC images/val ZSL / GZSL mAP "
+             "(change) | gate |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        b1, b32, a = r["batch1"], r["batch32"], r["accuracy_delta"]
+        b1, b4, b32, a = r["batch1"], r["batch4"], r["batch32"], r["accuracy_delta"]
+        acc = r["accuracy"]
+        measured = "not measured" if acc is None else (
+            f"{acc['zsl_map']} / {acc['gzsl_map']} ({acc['zsl_change']:+.2f} / "
+            f"{acc['gzsl_change']:+.2f})")
+        verdict = "-" if acc is None or r["variant"] == "fp32" else (
+            "passed" if acc["gate"]["passed"] else "failed")
         lines.append(f"| {r['engine']} | {b1['median_ms']:.1f} ({b1['p10_ms']:.1f}–"
-                     f"{b1['p90_ms']:.1f}) | {b32['images_per_s']:.1f} | "
-                     f"{a['top5_identical']:.3f} | {a['top5_overlap']:.3f} | "
-                     f"{a['max_abs_diff_groups']:.2g} |")
+                     f"{b1['p90_ms']:.1f}) | {b4['images_per_s']:.1f} | "
+                     f"{b32['images_per_s']:.1f} | {a['top5_identical']:.3f} | "
+                     f"{a['max_abs_diff_groups']:.2g} | {measured} | {verdict} |")
     lines += ["", f"Text graph, one label: {text_lat['median_ms']:.1f} ms median.", "",
-              "Command: `python benchmarks/engines.py " + " ".join(argv or sys.argv[1:]) + "`"]
+              f"Command: `{command}` ({result['created']}). VOC mAP and the gate: "
+              "`ml2p eval --variants` (benchmarks/results/accuracy.md), recorded in the "
+              "manifest."]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return result
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-FP32_TOL = 1e-3  # cuDNN kernels sum in another order than the CPU; TF32 is switched off
+FP32_TOL = 1e-4  # as specified (issue 15); TF32 is switched off, cuDNN sums in another order
 TOP5_MIN = 0.99
 
 

@@ -155,8 +155,7 @@ def evaluate_variants(artifact: Path, out: Path, bootstrap: int = 1000,
     from artifact.imaging import load_and_preprocess
     from artifact.loader import load_artifact
     from models.data import load_dataset
-    from models.export import session, tokenize, top5_agreement
-    from service.pipeline.scoring import score
+    from models.export import scores_of, session, tokenize, top5_agreement
 
     loaded = load_artifact(artifact)
     files = {"fp32": loaded.manifest.files.visual,
@@ -172,7 +171,7 @@ def evaluate_variants(artifact: Path, out: Path, bootstrap: int = 1000,
     for variant, name in files.items():
         sess = session(artifact / name, threads=2)
         scores[variant] = np.concatenate([
-            score(sess.run(None, {"image": np.stack(images[i:i + 32])})[0], labels)
+            scores_of(sess.run(None, {"image": np.stack(images[i:i + 32])})[0], labels)
             for i in range(0, len(images), 32)])
         _, draws[variant] = bootstrap_map([scores[variant]], split, bootstrap)
     section: dict = {"command": command, "artifact": loaded.key, "dataset": "voc2007 test "

@@ -112,12 +112,12 @@ def describe(spec: dict) -> str:
 
 def _split_scores(session, data, label_vectors: np.ndarray) -> np.ndarray:  # noqa: ANN001
     from artifact.imaging import load_and_preprocess
-    from service.pipeline.scoring import score
+    from models.export import scores_of
 
     out = []
     for start in range(0, len(data.image_paths), 32):
         batch = np.stack([load_and_preprocess(str(p)) for p in data.image_paths[start:start + 32]])
-        out.append(score(session.run(None, {VISUAL_INPUT: batch})[0], label_vectors))
+        out.append(scores_of(session.run(None, {VISUAL_INPUT: batch})[0], label_vectors))
     return np.concatenate(out)
 
 

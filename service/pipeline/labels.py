@@ -17,11 +17,11 @@ import numpy as np
 
 from service.errors import LabelError, LabelTooLong
 from service.metrics import Metrics
-from service.runtime.base import Engine
+from service.runtime.base import MAX_LABEL_BATCH, Engine
 
 # A request's misses beyond this are embedded in several text-engine batches of this size;
 # vocabularies go in smaller chunks, so request labels can run between them.
-EMBED_CHUNK = 512
+EMBED_CHUNK = MAX_LABEL_BATCH
 VOCABULARY_CHUNK = 64
 
 

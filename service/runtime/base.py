@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 
+# the most labels one text-graph run embeds (the label pipeline's chunk size)
+MAX_LABEL_BATCH = 512
+
+
 class EngineUnavailable(RuntimeError):
     """The configured engine cannot run here (missing package, no device)."""
 
@@ -57,10 +61,15 @@ class Engine(ABC):
         return self._encode_tokens(*tokens)
 
     def warmup(self) -> None:
-        """Run both graphs once and check the output shapes against the manifest."""
+        """Run both graphs once and check the output shapes against the manifest; on GPU
+        engines the visual graph runs at every batch size the batcher can form, so TensorRT
+        engines and CUDA graphs are built before the first request, not during it."""
         size = self.artifact.preprocessing.size
-        check_output(self.artifact, "visual",
-                     self.encode_images(np.zeros((1, 3, size, size), np.float32)).shape)
+        sizes = [1] if self.settings.engine == "onnxruntime-cpu" else range(
+            1, self.settings.max_batch_size + 1)
+        for batch in sizes:
+            shape = self.encode_images(np.zeros((batch, 3, size, size), np.float32)).shape
+            check_output(self.artifact, "visual", shape)
         check_output(self.artifact, "text", self.encode_labels(["warm up"]).shape)
 
     def describe(self) -> dict:

@@ -24,7 +24,7 @@ from artifact.loader import (
     check_signature,
 )
 from artifact.precision import choose_precision
-from service.runtime.base import Engine, EngineUnavailable
+from service.runtime.base import MAX_LABEL_BATCH, Engine, EngineUnavailable
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -39,8 +39,27 @@ _TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)
           "tensor(int32)": "int32"}
 
 
-def providers_for(settings: Settings) -> list:
-    """Execution providers for the configured engine, best first."""
+def trt_profiles(artifact: Artifact, settings: Settings, role: str) -> dict[str, str]:
+    """TensorRT optimisation profiles: every batch the batcher can form (1 .. max batch) for
+    the visual graph, 1 .. a label chunk x the token limit for the text graph."""
+    if role == "visual":
+        size = artifact.preprocessing.size
+        shape = f"{VISUAL_INPUT}:{{}}x3x{size}x{size}"
+        low, best, high = 1, settings.max_batch_size, settings.max_batch_size
+        return {"trt_profile_min_shapes": shape.format(low),
+                "trt_profile_opt_shapes": shape.format(best),
+                "trt_profile_max_shapes": shape.format(high)}
+    tokens = artifact.manifest.label_embedder.max_tokens
+
+    def both(batch: int, length: int) -> str:
+        return ",".join(f"{name}:{batch}x{length}" for name in TEXT_INPUTS)
+    return {"trt_profile_min_shapes": both(1, 1), "trt_profile_opt_shapes": both(64, 16),
+            "trt_profile_max_shapes": both(MAX_LABEL_BATCH, tokens)}
+
+
+def providers_for(settings: Settings, profiles: dict[str, str] | None = None) -> list:
+    """Execution providers for the configured engine, best first (`profiles`: TensorRT
+    optimisation profiles of the graph the session runs)."""
     if settings.engine == "onnxruntime-cpu":
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
@@ -52,7 +71,7 @@ def providers_for(settings: Settings) -> list:
     device = {"device_id": settings.device_id}
     providers: list = []
     if "TensorrtExecutionProvider" in available:
-        trt = {**device, "trt_fp16_enable": settings.fp16}
+        trt = {**device, "trt_fp16_enable": settings.fp16, **(profiles or {})}
         if settings.trt_cache_dir is not None:
             settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
             trt |= {"trt_engine_cache_enable": True,
@@ -80,7 +99,6 @@ class OnnxRuntimeEngine(Engine):
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          "1" if settings.intra_op_spinning else "0")
-        self._providers = providers_for(settings)
         self.precision = choose_precision(artifact, settings.precision,
                                           cpu=settings.engine == "onnxruntime-cpu")
         self.visual = self._session(artifact, "visual", options,
@@ -92,7 +110,8 @@ class OnnxRuntimeEngine(Engine):
                  path: Path | None = None):
         path = path or artifact.file(role)  # type: ignore[arg-type]
         try:
-            session = ort.InferenceSession(str(path), options, providers=self._providers)
+            providers = providers_for(self.settings, trt_profiles(artifact, self.settings, role))
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several undocumented types
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
             raise ArtifactError(
