@@ -22,9 +22,11 @@ proto:  ## generate the gRPC stubs into service/_generated/ (also done on first 
 
 model: $(DEFAULT_ARTIFACT)/manifest.json  ## build the default artifact from the committed weights (cached)
 
-$(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration.npz
+$(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration.npz \
+		models/weights/default.int8.json benchmarks/results/accuracy.json
 	$(PYTHON) -m ml2p_cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) \
 		--calibration models/weights/default.calibration.npz \
+		--int8-ranges models/weights/default.int8.json \
 		--accuracy benchmarks/results/accuracy.json
 
 serve: install proto $(if $(filter $(DEFAULT_ARTIFACT),$(ML2P_MODEL)),model)  ## install if needed, then REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
