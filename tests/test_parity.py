@@ -1,6 +1,6 @@
 """Parity: the torch model vs every engine available here, on 32 random + 32 real VOC images and
 200 labels. fp32: max abs diff ≤ 1e-4 on groups and label embeddings, identical top-5 on ≥ 99 %
-of images. fp16 / int8 variants: agreement printed (sanity-checked only).
+of images. fp16 / int8 graphs against the fp32 graph: the tolerances in VARIANT_TOLERANCE.
 
 Uses `models/zoo/default/` (its `tagger.pt`) when it exists, else the committed default
 weights (`models/weights/default.pt`) exported to a temporary artifact; an untrained seeded
@@ -122,26 +122,30 @@ def test_fp32_engines_match_torch(setup):
         assert same >= 0.99, name
 
 
-def test_variants_report_agreement(setup):
-    from models.export import session
+# variant -> (mean |score change| at most, mean top-5 overlap at least) against the fp32 graph
+# on the 32 real VOC images and 200 labels: regression guards for the exported graphs (the
+# accuracy that decides `precision=auto` is measured on all 990 test images by `ml2p eval
+# --variants` and recorded in the manifest); measured 0.003 / 0.99 (fp16), 0.06 / 0.94 (int8)
+VARIANT_TOLERANCE = {"fp16": (0.01, 0.95), "int8": (0.1, 0.9)}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_TOLERANCE))
+def test_variant_matches_fp32_within_its_tolerance(setup, variant):
+    from models.export import scores_of, session
 
     s = setup
-    ref_top = _top5(s["groups"], s["label_vecs"])
-    found = 0
-    for variant in ("fp16", "int8"):
-        path = Path(s["art"]) / f"visual.{variant}.onnx"
-        if not path.exists():
-            continue
-        found += 1
-        sess = session(path)
-        groups = np.concatenate([sess.run(None, {"image": s["images"][i:i + 16]})[0]
-                                 for i in range(0, len(s["images"]), 16)])
-        top = _top5(groups, s["label_vecs"])
-        same = np.mean([set(a) == set(b) for a, b in zip(top, ref_top, strict=True)])
-        overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top, ref_top, strict=True)])
-        diff = float(np.abs(groups - s["groups"]).max())
-        print(f"\n{variant}: top-5 identical {same:.3f}, overlap {overlap:.3f}, "
-              f"max|Δgroups| {diff:.3g}")
-        assert np.isfinite(groups).all() and groups.shape == s["groups"].shape
-        assert overlap > 0.3  # sanity only: far better than chance (5/200)
-    assert found
+    path = Path(s["art"]) / f"visual.{variant}.onnx"
+    if not path.exists() or not s["real"]:
+        pytest.skip(f"needs the {variant} graph and the VOC images")
+    real = s["images"][-s["real"]:]
+    fp32 = session(Path(s["art"]) / "visual.onnx").run(None, {"image": real})[0]
+    got = session(path).run(None, {"image": real})[0]
+    ref_scores, scores = scores_of(fp32, s["label_vecs"]), scores_of(got, s["label_vecs"])
+    change = float(np.abs(scores - ref_scores).mean())
+    ref_top, top = np.argsort(-ref_scores, 1)[:, :5], np.argsort(-scores, 1)[:, :5]
+    overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top, ref_top,
+                                                                       strict=True)]))
+    print(f"\n{variant}: mean |Δscore| {change:.4f}, top-5 overlap {overlap:.3f}")
+    most, least = VARIANT_TOLERANCE[variant]
+    assert np.isfinite(got).all() and got.shape == fp32.shape
+    assert change <= most and overlap >= least, (change, overlap)
