@@ -7,8 +7,13 @@ registers them as `ml2p bench NAME`, where the module is imported only when its 
 """
 
 import argparse
+import json
+import os
+import platform
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 # `ml2p bench NAME` -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,3 +51,14 @@ def command_main(name: str, doc: str, add_arguments: Callable[[argparse.Argument
     add_arguments(parser)
     result = run(parser.parse_args(argv, argparse.Namespace(argv=argv)))
     return result if isinstance(result, int) else 0
+
+
+def report_header(name: str, argv: list[str], model: Path) -> dict:
+    """The fields every results file starts with: the benchmark, its command, when, the model
+    (`name@version` from its manifest) and the machine."""
+    manifest = json.loads((Path(model) / "manifest.json").read_text())
+    return {"benchmark": name, "command": " ".join([f"ml2p bench {name}", *argv]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": f"{manifest['name']}@{manifest['version']}",
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version()}}

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from artifact.imaging import JPEG_FAMILY, Preprocessing, decode_image, preprocess, to_rgb
-from benchmarks import command_main
+from benchmarks import command_main, report_header, serve_bench
 
 REPO = Path(__file__).resolve().parents[1]
 RATIOS = (2.0, 1.0, 0.5)  # draft ratios timed and judged (2.0 = the decode before)
@@ -219,24 +216,14 @@ def run(args: argparse.Namespace) -> int:
     acc = accuracy(model)
     choice = recommend(acc["runs"], args.max_map_change)
     rows = speed(size, args.repeats)
-    manifest = json.loads((model / "manifest.json").read_text())
     report = {
-        "benchmark": "decode", "command": " ".join(["ml2p bench decode", *args.argv]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": f"{manifest['name']}@{manifest['version']}", "input_size": size,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        **report_header("decode", args.argv, model), "input_size": size,
         "max_map_change": args.max_map_change, "accuracy": acc, "recommendation": choice,
         "draft_ratio_in_use": DRAFT_RATIO, "speed": rows,
         "faster_decoder": faster_decoder(rows, choice["draft_ratio"]),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return serve_bench._write_report(Path(args.out), report, markdown)
 
 
 def markdown(report: dict) -> str:

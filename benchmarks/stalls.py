@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import command_main, loadgen, serve_bench, serve_compare
+from benchmarks import command_main, loadgen, report_header, serve_bench, serve_compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,13 +131,8 @@ def run(args: argparse.Namespace) -> int:
             phases = asyncio.run(_phases(url, args))
         finally:
             serve_compare._stop(proc)
-    manifest = json.loads((model / "manifest.json").read_text())
     report = {
-        "benchmark": "stalls", "command": " ".join(["ml2p bench stalls", *args.argv]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": f"{manifest['name']}@{manifest['version']}",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        **report_header("stalls", args.argv, model),
         "label_workers": Settings().label_workers_count, "concurrency": args.concurrency,
         "new_labels_per_request": args.new, "deadline_ms": args.deadline_ms,
         "duration_s": args.duration, **phases,

@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
-import os
-import platform
 import sys
 import tempfile
 import threading
@@ -24,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import command_main, serve_bench, serve_compare
+from benchmarks import command_main, report_header, serve_bench, serve_compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,13 +155,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"uploads {rows[-1]}", flush=True)
         finally:
             serve_compare._stop(proc)
-    manifest = json.loads((model / "manifest.json").read_text())
     report = {
-        "benchmark": "uploads", "command": " ".join(["ml2p bench uploads", *args.argv]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": f"{manifest['name']}@{manifest['version']}",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        **report_header("uploads", args.argv, model),
         "settings": {"max_concurrent_requests": settings.admitted_requests,
                      "max_body_bytes": settings.max_body_bytes,
                      "preprocess_workers": settings.preprocess_workers,
