@@ -13,6 +13,7 @@ from pathlib import Path
 from models.recipes import apply_overrides, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
+EVAL_OUT = "runs/eval/accuracy.json"
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -60,7 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         command = " ".join(["ml2p eval --variants", args.variants,
                             *(["--bootstrap", str(args.bootstrap)] if args.bootstrap != 1000
-                              else [])])
+                              else []),
+                            *(["--out", args.out] if args.out != EVAL_OUT else [])])
         evaluate_variants(Path(args.variants), Path(args.out), bootstrap=args.bootstrap,
                           command=command)
         print((Path(args.out).with_suffix(".md")).read_text())
@@ -132,7 +134,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="a method's checkpoints (one per seed), repeatable: all into one "
                                "table beside a random ranking (positional checkpoints = ml2p)")
     evaluate.add_argument("--datasets", nargs="+", default=["voc2007", "emojitags"])
-    evaluate.add_argument("--out", default=str(REPO / "benchmarks/results/accuracy.json"))
+    evaluate.add_argument("--out", default=EVAL_OUT,
+                          help=f"the table (JSON, and .md beside it); default {EVAL_OUT}, a "
+                               "working directory: the committed benchmarks/results/"
+                               "accuracy.json (which `make model` puts in the artifact) only "
+                               "when named")
     evaluate.add_argument("--bootstrap", type=int, default=1000)
     evaluate.add_argument("--variants", metavar="ARTIFACT",
                           help="instead: each precision variant of ARTIFACT (fp32, fp16, int8) "
