@@ -31,17 +31,30 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from models.tagger import load_checkpoint, save_checkpoint
     from models.train import TrainConfig
     from models.training_free import train_any
 
+    if args.seed is not None and args.seeds:
+        raise SystemExit("ml2p train: give --seed or --seeds, not both")
     recipe = apply_overrides(load_recipe(args.recipe), args.set or [])
-    if args.seed is not None:
-        recipe["seed"] = args.seed
-    config = TrainConfig(**recipe)
-    # trainable heads go through Trainer.fit; a training-free one (ConSE) is set up and saved
-    result = train_any(config, Path(args.out), resume=not args.restart)
-    print(json.dumps(result["history"][-1], indent=1))
-    print(f"checkpoint: {result['checkpoint']}")
+    # one run per seed, each in OUT/seed<N> (--seeds), or one run in OUT
+    runs = [(seed, Path(args.out) / f"seed{seed}") for seed in args.seeds] if args.seeds \
+        else [(args.seed, Path(args.out))]
+    for seed, out in runs:
+        if seed is not None:
+            recipe["seed"] = seed
+        # trainable heads go through Trainer.fit; a training-free one (ConSE) is set up, saved
+        result = train_any(TrainConfig(**recipe), out, resume=not args.restart)
+        print(json.dumps(result["history"][-1], indent=1))
+        print(f"checkpoint: {result['checkpoint']}")
+        if args.half:  # floating tensors stored in fp16: half the file, loads back as fp32
+            tagger = load_checkpoint(result["checkpoint"])
+            half = Path(result["checkpoint"]).with_name(
+                Path(result["checkpoint"]).stem + "-fp16.pt")
+            save_checkpoint(tagger, half, history=tagger.history,
+                            provenance=tagger.provenance, half=True)
+            print(f"fp16 checkpoint: {half}")
 
 
 def parse_methods(items: list[str]) -> dict[str, list[Path]]:
@@ -122,6 +135,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--recipe", default="default", help="recipe name or JSON path")
     train.add_argument("--out", required=True, help="run directory (checkpoints, history)")
     train.add_argument("--seed", type=int)
+    train.add_argument("--seeds", type=int, nargs="+",
+                       help="one run per seed, each in OUT/seed<N> (e.g. --seeds 0 1 2)")
+    train.add_argument("--half", action="store_true",
+                       help="also write each checkpoint with fp16 storage (<name>-fp16.pt)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a recipe field, e.g. --set model.dim=64 --set lam=0.4")
     train.add_argument("--restart", action="store_true", help="ignore an existing train_state")

@@ -49,3 +49,34 @@ def test_conse_is_training_free(synthetic: None, tmp_path: Path) -> None:
     vectors = tagger.transform_labels(FakeEmbedder().embed(LABELS))
     scores = predict(tagger, split, vectors)
     assert scores.shape == (5, len(LABELS)) and np.isfinite(scores).all()
+
+
+def test_one_command_trains_every_seed_and_writes_fp16_copies(synthetic: None,
+                                                              tmp_path: Path) -> None:
+    """`ml2p train --seeds 0 1 --half`: a run per seed in OUT/seed<N>, each with an fp16
+    checkpoint beside it that loads back with the same config and near-equal weights."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from ml2p_cli import main
+    from models.tagger import load_checkpoint
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(dataclasses.asdict(config_for("ml2p", epochs=2))))
+    assert main(["train", "--recipe", str(recipe), "--seeds", "0", "1", "--half",
+                 "--out", str(tmp_path / "runs")]) == 0
+    seeds = []
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"seed{seed}"
+        (half,) = run.glob("*-fp16.pt")
+        full = half.with_name(half.name.removesuffix("-fp16.pt") + ".pt")
+        a, b = load_checkpoint(full), load_checkpoint(half)
+        assert a.config == b.config
+        for x, y in zip(a.head.state_dict().values(), b.head.state_dict().values(), strict=True):
+            if x.is_floating_point():
+                assert torch.allclose(x, y, atol=1e-2, rtol=1e-2)
+        assert half.stat().st_size < full.stat().st_size
+        seeds.append(next(iter(a.head.state_dict().values())))
+    assert not torch.equal(seeds[0], seeds[1])  # two seeds, two different runs
