@@ -106,7 +106,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     path = export_artifact(Path(args.checkpoint), Path(args.out),
                            calibration_data=args.calibration, accuracy=args.accuracy,
                            variants=tuple(v for v in args.variants.split(",") if v),
-                           int8_ranges=args.int8_ranges)
+                           int8_ranges=args.int8_ranges, name=args.name,
+                           version=args.version)
     print(f"artifact: {path}")
 
 
@@ -172,6 +173,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="`ml2p eval` output, stored in the manifest")
     export.add_argument("--variants", default="fp16,int8",
                         help="extra visual graphs, comma-separated (fp16, int8; '' for none)")
+    export.add_argument("--name", help="model name (default: the configuration's)")
+    export.add_argument("--version", help="model version (default: the configuration's base "
+                                          "version + a digest of the weights, e.g. "
+                                          "0.0.0+w1a2b3c4d5e)")
     export.add_argument("--int8-ranges", metavar="INT8.json",
                         help="`ml2p quantize` output: build the int8 graph from it (no data)")
     export.set_defaults(func=cmd_export)

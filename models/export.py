@@ -328,6 +328,22 @@ def _load_json(value) -> dict:  # noqa: ANN001
     return dict(value)
 
 
+def weights_version(tagger) -> str:  # noqa: ANN001 - a Tagger
+    """A version of the model's own when none is given: the configuration's base version
+    (0.0.0 when it has none) plus a digest of the configuration and every trained tensor, so
+    a retrained model never answers as the version of another (`0.0.0+w1a2b3c4d5e`)."""
+    import torch
+
+    digest = hashlib.sha256(json.dumps(tagger.config, sort_keys=True, default=str).encode())
+    modules = [tagger.head, tagger.label_transform,
+               *([tagger.backbone] if getattr(tagger, "backbone_finetuned", False) else [])]
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return f"{tagger.config.get('version', '0.0.0')}+w{digest.hexdigest()[:10]}"
+
+
 def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,  # noqa: ANN001
                     variants: Sequence[str] = ("fp16", "int8"), *, accuracy=None,  # noqa: ANN001
                     provenance: Mapping | None = None, agreement_images: np.ndarray | None = None,
@@ -387,7 +403,7 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
 
     manifest = Manifest(
         name=name or cfg.get("name", "ml2p"),
-        version=version or str(cfg.get("version", "0.1.0")),
+        version=version or weights_version(tagger),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         backbone=cfg["backbone"],
         head=cfg["head"],

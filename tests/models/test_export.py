@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -84,7 +85,8 @@ def test_tokenizer_has_no_truncation(artifact):
 def test_manifest(artifact):
     out = artifact[0]
     m = json.loads((out / "manifest.json").read_text())
-    assert (m["name"], m["version"], m["backbone"]) == ("tiny", "0.0.1", "efficientnet_lite0")
+    assert (m["name"], m["backbone"]) == ("tiny", "efficientnet_lite0")
+    assert m["version"].startswith("0.0.1+w")  # the configuration's base + the weights' digest
     assert (m["groups"], m["dim"]) == (3, 24)
     assert m["preprocessing"]["size"] == 224 and len(m["preprocessing"]["mean"]) == 3
     assert m["label_embedder"]["kind"] == "minilm" and m["label_embedder"]["max_tokens"] == 256
@@ -203,3 +205,21 @@ def test_loads_in_the_service_and_broken_artifacts_fail(artifact, tmp_path):
     (corrupt / "visual.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(ArtifactError, match="visual.onnx"):
         OnnxRuntimeEngine(artifact_mod.load_artifact(corrupt), settings)
+
+
+def test_a_model_without_a_given_version_gets_one_of_its_own():
+    """The base version from the configuration plus a digest of the trained tensors: the
+    same weights give the same version, other weights another one."""
+    import torch
+
+    from models.export import weights_version
+    from models.tagger import load_checkpoint
+
+    weights = Path(__file__).resolve().parents[2] / "models" / "weights" / "default.pt"
+    tagger = load_checkpoint(weights)
+    version = weights_version(tagger)
+    assert version.startswith(f"{tagger.config['version']}+w") and version != "0.1.0"
+    assert weights_version(load_checkpoint(weights)) == version
+    with torch.no_grad():
+        next(tagger.head.parameters()).add_(1e-3)
+    assert weights_version(tagger) != version
