@@ -111,6 +111,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"artifact: {path}")
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from models.card import CARD, update
+
+    changed = update(check=args.check)
+    if args.check:
+        print(f"{CARD}: {'out of date: run `ml2p card`' if changed else 'up to date'}")
+        return 1 if changed else 0
+    print(f"{CARD}: {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     from models.quantize import choose
 
@@ -180,6 +191,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--int8-ranges", metavar="INT8.json",
                         help="`ml2p quantize` output: build the int8 graph from it (no data)")
     export.set_defaults(func=cmd_export)
+
+    card = subparsers.add_parser("card", help="regenerate the model card's result tables "
+                                              "from benchmarks/results")
+    card.add_argument("--check", action="store_true", help="only say whether it is up to date")
+    card.set_defaults(func=cmd_card)
 
     quantize = subparsers.add_parser(
         "quantize", help="choose the int8 calibration (method, exclusions) on VOC train/val "
