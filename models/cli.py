@@ -1,4 +1,4 @@
-"""Training-side `ml2p` sub-commands: data, train, eval, export.
+"""Training-side `ml2p` sub-commands: data, train, eval, export, quantize, card.
 
 Registered by `ml2p_cli` when the training side is installed; torch is only imported inside
 the command functions.
