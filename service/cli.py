@@ -27,7 +27,10 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
             else field.default
         if field.default_factory is not None:
             default = "the execution policy for the engine and cores"
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None,
+        # SUPPRESS: an unset flag leaves no attribute (so the environment decides), and the
+        # help formatter does not append a second "(default: None)"
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}",
+                           default=argparse.SUPPRESS,
                            choices=choices or None, metavar=None if choices else "VALUE",
                            help=f"{field.description or ''} (default: {default})")
 
@@ -63,9 +66,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot start: {exc}")
 
 
+def _unreadable(paths: list[str]) -> str | None:
+    """Why the first of `paths` that cannot be read as a file cannot, else None."""
+    for path in paths:
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            return f"{path}: no such file"
+        except IsADirectoryError:
+            return f"{path}: is a directory, not an image file"
+        except OSError as exc:
+            return f"{path}: cannot be read ({exc.strerror})"
+    return None
+
+
 def cmd_tag(args: argparse.Namespace) -> int:
     if bool(args.labels) == bool(args.vocabulary):
         return _fail("give --labels or --vocabulary (exactly one)")
+    problem = _unreadable(args.images)
+    if problem:
+        return _fail(problem)
     options = {"top_k": args.top_k, "threshold": args.threshold}
     if args.url:
         results = [_tag_remote(args, path, options) for path in args.images]

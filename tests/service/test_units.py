@@ -285,3 +285,30 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
             time.sleep(0.02)
         r = client.get("/readyz")
         assert r.status_code == 503 and "failed warm-up" in r.json()["error"]["message"]
+
+
+def test_serve_help_states_each_default_once():
+    import contextlib
+    import io
+
+    from ml2p_cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(out.getvalue().split())
+    assert text.count("(default: ") == len(Settings.model_fields)  # one per setting flag
+    assert "before ready (default: True) --" in text
+    assert "(default: the execution policy for the engine and cores)" in text
+
+
+@pytest.mark.parametrize("target, problem", [("missing.jpg", "no such file"),
+                                             (".", "is a directory, not an image file")])
+def test_tag_names_an_unreadable_image_in_one_line(tmp_path, capsys, monkeypatch, target,
+                                                   problem):
+    from ml2p_cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["tag", target, "--labels", "dog"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ml2p: error: {target}: {problem}\n"
