@@ -298,7 +298,7 @@ def test_serve_help_states_each_default_once():
         main(["serve", "--help"])
     text = " ".join(out.getvalue().split())
     assert text.count("(default: ") == len(Settings.model_fields)  # one per setting flag
-    assert "before ready (default: True) --" in text
+    assert "before ready (default: True; a value after the flag is deprecated)" in text
     assert "(default: the execution policy for the engine and cores)" in text
 
 
@@ -312,3 +312,12 @@ def test_tag_names_an_unreadable_image_in_one_line(tmp_path, capsys, monkeypatch
     assert main(["tag", target, "--labels", "dog"]) == 2
     err = capsys.readouterr().err
     assert err == f"ml2p: error: {target}: {problem}\n"
+
+
+@pytest.mark.parametrize("argv, warmup", [([], True), (["--warmup"], True),
+                                          (["--warmup", "false"], False),
+                                          (["--warmup=no"], False)])
+def test_boolean_settings_are_switches_and_still_take_a_value(argv, warmup, monkeypatch):
+    monkeypatch.delenv("ML2P_WARMUP", raising=False)
+    args = build_parser().parse_args(["serve", *argv])
+    assert settings_from(args).warmup is warmup
