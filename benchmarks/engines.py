@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (variant, fn) in runners.items():
         out = fn(images)
         agreement = top5_agreement(ref_scores, scores_of(out, label_vecs))
-        measured = (m.variants or {}).get(variant)
-        measured = measured.accuracy if measured is not None and name.startswith("onnx") \
-            else None
+        spec = (m.variants or {}).get(variant) if name.startswith("onnx") else None
+        measured = spec.accuracy if spec is not None else None
         row = {"engine": name, "variant": variant,
                "gflops_per_image": m.gflops.image,
                "batch1": timed(fn, images[:1], args.runs),

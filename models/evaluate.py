@@ -155,24 +155,19 @@ def evaluate_variants(artifact: Path, out: Path, bootstrap: int = 1000,
     from artifact.imaging import load_and_preprocess
     from artifact.loader import load_artifact
     from models.data import load_dataset
-    from models.export import scores_of, session, tokenize, top5_agreement
+    from models.export import graph_scores, label_vectors, top5_agreement
 
     loaded = load_artifact(artifact)
     files = {"fp32": loaded.manifest.files.visual,
              **{v: spec.file for v, spec in (loaded.manifest.variants or {}).items()
                 if v != "fp32"}}
     data = load_dataset("voc2007", "test")
-    ids, mask = tokenize(artifact / "tokenizer.json", list(data.label_names))
-    labels = session(artifact / "text.onnx").run(None, {"input_ids": ids,
-                                                        "attention_mask": mask})[0]
+    labels = label_vectors(artifact, data.label_names)
     images = [load_and_preprocess(str(p)) for p in data.image_paths]
     split = SimpleNamespace(targets=data.targets, seen=data.seen)
     scores, draws = {}, {}
     for variant, name in files.items():
-        sess = session(artifact / name, threads=2)
-        scores[variant] = np.concatenate([
-            scores_of(sess.run(None, {"image": np.stack(images[i:i + 32])})[0], labels)
-            for i in range(0, len(images), 32)])
+        scores[variant] = graph_scores(artifact / name, images, labels)
         _, draws[variant] = bootstrap_map([scores[variant]], split, bootstrap)
     section: dict = {"command": command, "artifact": loaded.key, "dataset": "voc2007 test "
                      "(images/val)", "images": len(images), "bootstrap_samples": bootstrap,

@@ -287,6 +287,23 @@ def session(path: str | Path, threads: int = 1):  # noqa: ANN201
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def label_vectors(artifact: Path, labels: Sequence[str]) -> np.ndarray:
+    """`labels` through an artifact's tokenizer and text graph: float32 [L, D]."""
+    ids, mask = tokenize(artifact / "tokenizer.json", list(labels))
+    return session(artifact / "text.onnx").run(
+        None, dict(zip(TEXT_INPUTS, (ids, mask), strict=True)))[0]
+
+
+def graph_scores(graph: Path, images: Sequence[np.ndarray] | np.ndarray, labels: np.ndarray,
+                 threads: int = 2, batch: int = 32) -> np.ndarray:
+    """score[n, l] of `images` (preprocessed, [3,H,W] each) run through the visual `graph`
+    in batches of `batch`."""
+    sess = session(graph, threads)
+    return np.concatenate([
+        scores_of(sess.run(None, {VISUAL_INPUT: np.stack(images[i:i + batch])})[0], labels)
+        for i in range(0, len(images), batch)])
+
+
 def scores_of(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """score[b, l] = max_g ⟨groups[b, g], labels[l]⟩."""
     return np.einsum("bgd,ld->bgl", groups, labels).max(1)
@@ -445,10 +462,8 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
         agreement_images = sample_images(32, "val")
     if calibration_images is None and "int8" in variants and int8_ranges is None:
         calibration_images = sample_images(32, "train")
+    label_vecs = label_vectors(out, vocab[:200])
     labels = vocab[:200]
-    ids, mask = tokenize(out / "tokenizer.json", labels)
-    label_vecs = session(out / "text.onnx").run(
-        None, dict(zip(TEXT_INPUTS, (ids, mask), strict=True)))[0]
     fp32 = session(out / "visual.onnx")
     ref = fp32.run(None, {VISUAL_INPUT: agreement_images})[0]
     ref_scores = scores_of(ref, label_vecs)

@@ -128,37 +128,24 @@ def select(rows: list[dict]) -> dict:
     return min(rows, key=worst)
 
 
-def _split_scores(session, data, label_vectors: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    from artifact.imaging import load_and_preprocess
-    from models.export import scores_of
-
-    out = []
-    for start in range(0, len(data.image_paths), 32):
-        batch = np.stack([load_and_preprocess(str(p)) for p in data.image_paths[start:start + 32]])
-        out.append(scores_of(session.run(None, {VISUAL_INPUT: batch})[0], label_vectors))
-    return np.concatenate(out)
-
-
 def choose(artifact: Path, out: Path, n_images: int = 128, argv: list[str] | None = None) -> dict:
-    """Try every method x exclusion; write the best (smallest worst-case mAP change on the
-    validation split, then the most identical top-5 lists) with its ranges to `out`."""
+    """Try every method x exclusion; write the one `select` picks on the validation split
+    (`SELECTION_RULE`) with its ranges to `out`."""
+    from artifact.imaging import load_and_preprocess
     from models.data import load_dataset
-    from models.export import session, tokenize, top5_agreement
+    from models.export import graph_scores, label_vectors, top5_agreement
     from models.metrics import evaluate_zsl_gzsl
 
     started = time.perf_counter()
     fp32_path = artifact / "visual.onnx"
     train = load_dataset("voc2007", "train")
     val = load_dataset("voc2007", "val")
-    from artifact.imaging import load_and_preprocess
-
     calibration = np.stack([load_and_preprocess(str(p)) for p in train.image_paths[:n_images]])
-    ids, mask = tokenize(artifact / "tokenizer.json", list(val.label_names))
-    labels = session(artifact / "text.onnx").run(None, {"input_ids": ids,
-                                                        "attention_mask": mask})[0]
+    val_images = [load_and_preprocess(str(p)) for p in val.image_paths]  # once for every try
+    labels = label_vectors(artifact, val.label_names)
 
     def evaluate(path: Path) -> tuple[dict, np.ndarray]:
-        scores = _split_scores(session(path, threads=2), val, labels)
+        scores = graph_scores(path, val_images, labels)
         result = evaluate_zsl_gzsl(scores, val.targets, val.label_names, val.seen,
                                    include="positive")
         return {"zsl_map": 100 * result["zsl"]["map"],

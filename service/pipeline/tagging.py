@@ -416,11 +416,12 @@ class TaggingService:
     def describe(self) -> dict:
         """What `/v1/models` reports."""
         m = self.manifest
+        details = self.engine.describe()
         return {
             "name": m.name, "version": m.version, "engine": self.engine.name,
-            "engine_details": self.engine.describe(), "state": self.state.value,
+            "engine_details": details, "state": self.state.value,
             "execution_policy": self.settings.policy(),
-            "precision": self.engine.describe().get("precision"),
+            "precision": details.get("precision"),
             "backbone": m.backbone, "groups": m.groups, "dim": m.dim,
             "input_size": self.artifact.preprocessing.size,
             "label_embedder": m.label_embedder.model_dump(),
