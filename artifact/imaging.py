@@ -36,11 +36,6 @@ JPEG_FAMILY = ("JPEG", "MPO")
 DRAFT_RATIO = 1.0
 # JPEG colour spaces libjpeg-turbo turns into RGB itself (CMYK and the rest go via Pillow)
 _TURBO_MODES = ("RGB", "L")
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
 
 
 @lru_cache(maxsize=1)
@@ -91,10 +86,9 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
             if image.format in JPEG_FAMILY:
                 side = max(1, round(draft_ratio * target_size))
                 if image.mode in _TURBO_MODES:
-                    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side,
-                                                    min_height=side)
-                    return _orient(Image.fromarray(pixels), image)
-                image.draft("RGB", (side, side))
+                    image = _decode_scaled(data, side, image.info.get("exif"))
+                else:
+                    image.draft("RGB", (side, side))
             # open() leaves multi-frame images (GIF, WebP, APNG, TIFF) on their first frame;
             # asking for n_frames would walk every frame (CPU spent on hostile GIFs).
             image.load()
@@ -114,13 +108,14 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, target_size: int = 2
     return to_rgb(image)
 
 
-def _orient(decoded: Image.Image, header: Image.Image) -> Image.Image:
-    """`decoded` turned upright by `header`'s EXIF orientation (as ImageOps.exif_transpose)."""
-    orientation = 1
-    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
-        orientation = header.getexif().get(_EXIF_ORIENTATION, 1)
-    method = _TRANSPOSE.get(orientation)
-    return decoded if method is None else decoded.transpose(method)
+def _decode_scaled(data: bytes, side: int, exif: bytes | None) -> Image.Image:
+    """A JPEG decoded by libjpeg-turbo at the smallest scale keeping both sides >= `side`,
+    carrying the file's EXIF block so the shared EXIF transpose below turns it upright."""
+    image = Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side,
+                                                   min_height=side))
+    if exif:
+        image.info["exif"] = exif
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -31,13 +31,14 @@ class PrecisionChoice:
 
 def choose_precision(artifact: Artifact, requested: Precision, cpu: bool) -> PrecisionChoice:
     """The visual graph for `requested` (ArtifactError when an explicit variant is missing)."""
-    variants = artifact.manifest.variants or {}
+    variants = {name: spec for name, spec in (artifact.manifest.variants or {}).items()
+                if (artifact.path / spec.file).is_file()}  # named and present
     fp32 = artifact.manifest.files.visual
     if requested == "fp32":
         return PrecisionChoice("fp32", "fp32", fp32, "requested")
     if requested != "auto":
         variant = variants.get(requested)
-        if variant is None or not (artifact.path / variant.file).is_file():
+        if variant is None:
             have = ", ".join(["fp32", *sorted(v for v in variants if v != "fp32")])
             raise ArtifactError(artifact.path, f"precision {requested!r} requested but the "
                                                f"artifact has no {requested} graph (it has: "
@@ -46,7 +47,7 @@ def choose_precision(artifact: Artifact, requested: Precision, cpu: bool) -> Pre
     if not cpu:
         return PrecisionChoice("auto", "fp32", fp32, "auto serves int8 only on CPU engines")
     int8 = variants.get("int8")
-    if int8 is None or not (artifact.path / int8.file).is_file():
+    if int8 is None:
         return PrecisionChoice("auto", "fp32", fp32, "the artifact has no int8 graph")
     if int8.accuracy is None:
         return PrecisionChoice("auto", "fp32", fp32, "the int8 graph's accuracy was not "

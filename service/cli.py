@@ -27,18 +27,17 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
             else field.default
         if field.default_factory is not None:
             default = "the execution policy for the engine and cores"
-        flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:  # a switch: `--warmup`; `--warmup false` still parses
+            shape, note = {"nargs": "?", "const": "true", "metavar": "BOOL"}, \
+                "; a value after the flag is deprecated"
+        else:
+            shape, note = {"choices": choices or None,
+                           "metavar": None if choices else "VALUE"}, ""
         # SUPPRESS: an unset flag leaves no attribute (so the environment decides), and the
         # help formatter does not append a second "(default: None)"
-        if field.annotation is bool:  # a switch: `--warmup`; `--warmup false` still parses
-            group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS,
-                               nargs="?", const="true", metavar="BOOL",
-                               help=f"{field.description or ''} (default: {default}; a value "
-                                    "after the flag is deprecated)")
-            continue
-        group.add_argument(flag, dest=f"setting_{name}", default=argparse.SUPPRESS,
-                           choices=choices or None, metavar=None if choices else "VALUE",
-                           help=f"{field.description or ''} (default: {default})")
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}",
+                           default=argparse.SUPPRESS, **shape,
+                           help=f"{field.description or ''} (default: {default}{note})")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
