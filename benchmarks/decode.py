@@ -57,18 +57,23 @@ def _forced(data: bytes, scale: int) -> Image.Image:
     return pillow_decode(data, (width // scale, height // scale))
 
 
-def _textured(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+def textured(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    """A photo-sized test picture with texture (random colours upsampled 8x), so it
+    compresses and decodes like a busy photo, not a flat one."""
     base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
     return Image.fromarray(base).resize((w, h), Image.BILINEAR)
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    """`image` saved as JPEG / MPO (quality 90) or PNG; checked to open as that format."""
+    options = {"JPEG": {"quality": 90}, "PNG": {},
+               # two pictures, as a phone writes them (one frame is saved as JPEG)
+               "MPO": {"quality": 90, "save_all": True, "append_images": [image]}}
     buffer = io.BytesIO()
-    if fmt == "MPO":  # two pictures, as a phone writes them (one frame is saved as JPEG)
-        image.save(buffer, format="MPO", quality=90, save_all=True, append_images=[image])
-    else:
-        image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    image.save(buffer, format=fmt, **options[fmt])
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).format == fmt
+    return data
 
 
 def _stats(seconds: list[float]) -> dict:
@@ -85,10 +90,9 @@ def speed(size: int, repeats: int) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for mp, (w, h) in SIZES:
-        image = _textured(w, h, rng)
+        image = textured(w, h, rng)
         for fmt in ("JPEG", "MPO"):
-            data = _encode(image, fmt)
-            assert Image.open(io.BytesIO(data)).format == fmt
+            data = encoded(image, fmt)
             runs = {(d, r): [] for d in decoders for r in RATIOS}
             shapes = {}
             for _ in range(repeats):

@@ -30,7 +30,6 @@ loop table, the goals (closed loop), and the open loop table.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -424,24 +423,16 @@ def label_scaling(model: Path, counts=(1, 100, 1000, 10000), repeats: int = 30) 
 def decoding(size: int = 224, repeats: int = 5) -> list[dict]:
     """decode_image + preprocess time for 0.3 / 3 / 12 MP JPEG, MPO (a phone's multi-picture
     JPEG, here one frame) and PNG (textured photos)."""
-    from PIL import Image
-
     from artifact.imaging import Preprocessing, decode_image, preprocess
+    from benchmarks.decode import SIZES, encoded, textured
 
     spec = Preprocessing(size=size)
     rng = np.random.default_rng(0)
     out = []
-    for mp, (w, h) in (("0.3", (640, 480)), ("3", (2000, 1500)), ("12", (4000, 3000))):
-        base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+    for mp, (w, h) in SIZES:
+        image = textured(w, h, rng)
         for fmt in ("JPEG", "MPO", "PNG"):
-            buffer = io.BytesIO()
-            options = {"JPEG": {"quality": 90}, "PNG": {},
-                       # two pictures, as a phone writes them (one frame is saved as JPEG)
-                       "MPO": {"quality": 90, "save_all": True, "append_images": [image]}}
-            image.save(buffer, format=fmt, **options[fmt])
-            assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt
-            data = buffer.getvalue()
+            data = encoded(image, fmt)
             took = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
