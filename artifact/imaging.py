@@ -153,7 +153,7 @@ def preprocess(image: Image.Image, spec: Preprocessing = Preprocessing()) -> np.
     resized = image.resize((spec.size, spec.size), Image.BILINEAR)
     pixels = np.asarray(resized).transpose(2, 0, 1)  # [3, H, W] uint8 view
     scale, shift = _affine(spec.mean, spec.std)
-    # one fused pass into the output, no float [H, W, 3] temporaries (7x faster at 224 px)
+    # one fused pass into the output, no float [H, W, 3] temporaries
     array = np.empty(pixels.shape, np.float32)  # C order, whatever the view's strides
     np.multiply(pixels, scale, out=array)
     array += shift
