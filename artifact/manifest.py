@@ -83,17 +83,49 @@ class GflopsSpec(_Open):
 
 
 class Calibration(_Open):
-    kind: Literal["logistic"] = "logistic"
+    """Score → probability. `logistic`: p = sigmoid(a·s + b), one curve for every label.
+    `logistic-novelty`: p = sigmoid(a·s + b + (c + d·s)·u), where u is the label's novelty
+    (`label_novelty`: 1 − its best cosine to the vectors of `reference_labels`, the labels the
+    model trained on), so labels far from training get their own curve: unseen labels score
+    lower for the same evidence (the generalised-zero-shot bias)."""
+
+    kind: Literal["logistic", "logistic-novelty"] = "logistic"
     a: float
     b: float
+    c: float = Field(0.0, description="novelty offset (logistic-novelty)")
+    d: float = Field(0.0, description="novelty × score slope (logistic-novelty)")
+    reference_labels: list[str] = Field(
+        default_factory=list, description="the labels trained on (logistic-novelty): novelty "
+                                          "is measured against their text-graph vectors")
     n: int | None = Field(None, description="validation (score, target) pairs fitted on")
     positives: int | None = None
     nll: float | None = None
+    score_only: dict[str, float] | None = Field(
+        None, description="the one-curve fit {a, b} on the same data, kept for comparison")
 
-    def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """p = sigmoid(a * score + b), elementwise."""
-        z = self.a * np.asarray(scores, np.float64) + self.b
+    @property
+    def uses_novelty(self) -> bool:
+        return self.kind == "logistic-novelty"
+
+    def probabilities(self, scores: np.ndarray, novelty: np.ndarray | None = None) -> np.ndarray:
+        """Elementwise probabilities of `scores`; `novelty` (broadcastable to them, one value
+        per label) is required by `logistic-novelty`."""
+        s = np.asarray(scores, np.float64)
+        z = self.a * s + self.b
+        if self.uses_novelty:
+            if novelty is None:
+                raise ValueError("a logistic-novelty calibration needs each label's novelty")
+            z = z + (self.c + self.d * s) * np.asarray(novelty, np.float64)
         return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
+
+
+def label_novelty(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """labels [L, D], reference [R, D] (unit vectors) → [L]: 1 − best cosine to a reference
+    label (0 for a label trained on, larger the further from every one)."""
+    if len(reference) == 0:
+        return np.ones(len(labels))
+    best = (np.asarray(labels, np.float64) @ np.asarray(reference, np.float64).T).max(axis=1)
+    return np.clip(1.0 - best, 0.0, 2.0)
 
 
 class VariantAgreement(_Open):

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from artifact.manifest import Calibration, label_novelty
 from models.heads import create_head
 from models.label_embedders import create_embedder
-from models.metrics import evaluate_zsl_gzsl, mean_average_precision
+from models.metrics import evaluate_zsl_gzsl, mean_average_precision, probability_quality
 from models.tagger import load_checkpoint
 from models.train import SplitData, load_split, predict
 from models.vocab import imagenet_class_names
@@ -192,10 +193,54 @@ def evaluate_variants(artifact: Path, out: Path, bootstrap: int = 1000,
         section["results"][variant] = entry
     report = json.loads(out.read_text()) if out.is_file() else {}
     report["variants"] = section
+    if loaded.manifest.calibration is not None:
+        report["probabilities"] = probability_section(
+            loaded.manifest.calibration, scores["fp32"], labels, data, artifact, command)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(markdown_table(report))
     return section
+
+
+def probability_section(calibration: Calibration, scores: np.ndarray, labels: np.ndarray,
+                        data, artifact: Path, command: str) -> dict:  # noqa: ANN001
+    """The served calibration's probabilities on VOC images/val (every image, 20 labels),
+    for the seen and unseen labels apart, beside the one-curve fit on the same data."""
+    from models.export import label_vectors
+
+    curves = {calibration.kind: calibration}
+    if calibration.score_only is not None:
+        curves["logistic (one curve, for comparison)"] = Calibration(
+            a=calibration.score_only["a"], b=calibration.score_only["b"])
+    novelty = (label_novelty(labels, label_vectors(artifact, calibration.reference_labels))
+               if calibration.uses_novelty else None)
+    return {"command": command, "dataset": "voc2007 test (images/val)",
+            "images": int(len(scores)), "labels": len(data.label_names),
+            "rule": "every test image and all 20 labels (as served); F1 of p >= 0.5 micro over "
+                    "(image, label) pairs; ECE over 10 equal-width bins, in points",
+            "novelty": (None if novelty is None else
+                        {n: round(float(u), 4) for n, u, seen in
+                         zip(data.label_names, novelty, data.seen, strict=True) if not seen}),
+            "curves": {name: probability_quality(
+                curve.probabilities(scores, novelty if curve.uses_novelty else None),
+                data.targets, data.seen) for name, curve in curves.items()}}
+
+
+def probability_markdown(section: dict | None) -> list[str]:
+    if section is None:
+        return []
+    lines = [f"## Probabilities: {section['dataset']}, {section['images']} images, "
+             f"{section['labels']} labels", "",
+             f"Command: `{section['command']}`. Rule: {section['rule']}. Unseen labels' "
+             f"novelty (1 − best cosine to a trained label): {section['novelty']}.", "",
+             "| calibration | labels | F1 @ p ≥ 0.5 | precision | recall | mean p of a true "
+             "label | ECE (points) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, groups in section["curves"].items():
+        for group, q in groups.items():
+            lines.append(f"| {name} | {group} ({q['labels']}) | {100 * q['f1_at_0.5']:.1f} | "
+                         f"{100 * q['precision']:.1f} | {100 * q['recall']:.1f} | "
+                         f"{q['mean_p_true']:.2f} | {100 * q['ece']:.1f} |")
+    return lines + [""]
 
 
 def variants_markdown(section: dict) -> list[str]:
@@ -228,13 +273,14 @@ BOOTSTRAP_CAVEAT = (
 
 
 def markdown_table(report: dict) -> str:
+    if "datasets" not in report:  # only the variants section so far
+        return "\n".join(["# Zero-shot accuracy", "", *variants_markdown(report["variants"]),
+                          *probability_markdown(report.get("probabilities"))])
     lines = ["# Zero-shot accuracy", "",
              f"Command: `{report['command']}` ({report['created']}). "
              f"Inclusion: {report['inclusion_rule']}. mAP, F1@3, F1@5 in %; ML2P is the mean of "
              f"{len(report['checkpoints'])} seed(s), [95 % bootstrap interval of mAP, "
              f"{report['bootstrap_samples']} resamples of test images]. " + BOOTSTRAP_CAVEAT, ""]
-    if "datasets" not in report:  # only the variants section so far
-        return "\n".join(["# Zero-shot accuracy", "", *variants_markdown(report["variants"])])
     for name, entry in report["datasets"].items():
         lines += dataset_header(name, entry)
         lines += [method_row(m, v) for m, v in entry["methods"].items()]
@@ -246,6 +292,7 @@ def markdown_table(report: dict) -> str:
         lines.append("")
     if "variants" in report:
         lines += variants_markdown(report["variants"])
+    lines += probability_markdown(report.get("probabilities"))
     return "\n".join(lines)
 
 

@@ -41,6 +41,7 @@ from artifact.manifest import (
     Variant,
     VariantAccuracy,
     VariantAgreement,
+    label_novelty,
 )
 from artifact.tokenizer import LabelTokenizer
 from artifact.vocabularies import read_json
@@ -199,39 +200,72 @@ def sample_images(n: int, split: str = "val", offset: int = 0, seed: int = 0) ->
 # ------------------------------------------------------------------ calibration
 
 
-def fit_calibration(scores, targets, iters: int = 100) -> dict:  # noqa: ANN001
-    """Logistic fit p = sigmoid(a·score + b) by Newton's method on (score, 0/1 target) pairs;
-    targets < 0 (unknown) are dropped. Returns {"kind", "a", "b", "n", "positives", "nll"}."""
-    s = np.asarray(scores, np.float64).ravel()
-    y = np.asarray(targets, np.float64).ravel()
-    keep = y >= 0
-    s, y = s[keep], y[keep]
-    if s.size == 0 or y.min() == y.max():
-        raise ValueError("calibration needs both positive and negative targets")
-    w = np.zeros(2)  # [a, b]
-    x = np.stack([s, np.ones_like(s)], 1)
+def _fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 100) -> tuple[np.ndarray, float]:
+    """Logistic regression p = sigmoid(x · w) by Newton's method; (w, mean NLL)."""
+    w = np.zeros(x.shape[1])
     for _ in range(iters):
         p = 1 / (1 + np.exp(-(x @ w)))
         grad = x.T @ (p - y)
-        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(x.shape[1])
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-10:
             break
     z = x @ w
-    nll = float(np.mean(np.logaddexp(0, z) - y * z))
-    return {"kind": "logistic", "a": float(w[0]), "b": float(w[1]), "n": int(s.size),
-            "positives": int(y.sum()), "nll": nll}
+    return w, float(np.mean(np.logaddexp(0, z) - y * z))
 
 
-def _calibration_arrays(data) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def fit_calibration(scores, targets, novelty=None, reference_labels=(),  # noqa: ANN001
+                    iters: int = 100) -> dict:
+    """Fit the score → probability calibration on validation (score, 0/1 target) pairs;
+    targets < 0 (unknown) are dropped.
+
+    Without `novelty`: one curve p = sigmoid(a·s + b). With `novelty` (each pair's label
+    novelty u, broadcastable to `scores`): p = sigmoid(a·s + b + (c + d·s)·u), the one-curve
+    fit kept as `score_only`. Returns the `Calibration` fields.
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(targets, np.float64)
+    u = (np.broadcast_to(np.asarray(novelty, np.float64), s.shape) if novelty is not None
+         else np.zeros_like(s))
+    keep = y >= 0
+    s, y, u = s[keep], y[keep], u[keep]
+    if s.size == 0 or y.min() == y.max():
+        raise ValueError("calibration needs both positive and negative targets")
+    ones = np.ones_like(s)
+    (a, b), nll = _fit_logistic(np.stack([s, ones], 1), y, iters)
+    fit = {"kind": "logistic", "a": float(a), "b": float(b), "n": int(s.size),
+           "positives": int(y.sum()), "nll": nll}
+    if novelty is None:
+        return fit
+    w, nll = _fit_logistic(np.stack([s, ones, u, u * s], 1), y, iters)
+    return {**fit, "kind": "logistic-novelty", "a": float(w[0]), "b": float(w[1]),
+            "c": float(w[2]), "d": float(w[3]), "nll": nll,
+            "reference_labels": list(reference_labels),
+            "score_only": {"a": fit["a"], "b": fit["b"], "nll": fit["nll"]}}
+
+
+def calibration_fit(data, artifact: Path) -> dict:  # noqa: ANN001
+    """The calibration of `data` (an .npz path, a mapping or a (scores, targets) pair).
+
+    A trainer's file carries, per (image, label) pair, `scores`, `targets` and `label_index`
+    into `labels`, and the `reference_labels` trained on: then each label's novelty comes from
+    `artifact`'s own text graph, exactly as the server measures it. Without them (scores,
+    targets) fit one curve.
+    """
     if isinstance(data, str | Path):
         with np.load(data) as z:
-            return z["scores"], z["targets"]
-    if isinstance(data, Mapping):
-        return np.asarray(data["scores"]), np.asarray(data["targets"])
-    scores, targets = data
-    return np.asarray(scores), np.asarray(targets)
+            data = {k: z[k] for k in z.files}
+    if not isinstance(data, Mapping):
+        data = dict(zip(("scores", "targets"), data, strict=True))
+    scores, targets = np.asarray(data["scores"]), np.asarray(data["targets"])
+    if not {"labels", "label_index", "reference_labels"} <= set(data):
+        return fit_calibration(scores, targets)
+    labels = [str(t) for t in data["labels"]]
+    reference = [str(t) for t in data["reference_labels"]]
+    novelty = label_novelty(label_vectors(artifact, labels), label_vectors(artifact, reference))
+    return fit_calibration(scores, targets, novelty=novelty[np.asarray(data["label_index"])],
+                           reference_labels=reference)
 
 
 # ------------------------------------------------------------------ variants
@@ -369,8 +403,9 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
                     timing_runs: int = 10, int8_ranges: str | Path | None = None) -> Path:
     """Write the artifact directory for `checkpoint_path` (a checkpoint file or a Tagger).
 
-    calibration_data: validation (scores, targets) — a dict with `scores`/`targets`, a tuple, or
-      an .npz path; targets 1/0 (−1 ignored). None → no calibration in the manifest.
+    calibration_data: validation scores and targets (`calibration_fit`): the trainer's .npz
+      (per-label, with the labels trained on: a novelty-aware fit), a dict or a (scores,
+      targets) pair; targets 1/0 (−1 ignored). None → no calibration in the manifest.
     accuracy: the trainer's eval JSON (dict or path), stored as the manifest's `accuracy`.
     agreement_images / calibration_images: float32 [N,3,H,W] for the variants' top-5 agreement
       and int8 calibration (default: 32 VOC images/val and 32 VOC images/train; random images
@@ -447,7 +482,7 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
             label_elementwise=f_lab.elementwise_flops / 1e9,
             scoring_per_label_per_image=2 * groups * dim / 1e9,
             convention=FLOPS_CONVENTION),
-        calibration=(Calibration(**fit_calibration(*_calibration_arrays(calibration_data)))
+        calibration=(Calibration(**calibration_fit(calibration_data, out))
                      if calibration_data is not None else None),
         accuracy=_load_json(accuracy),
         provenance={**(getattr(tagger, "provenance", None) or {}), **dict(provenance or {}),

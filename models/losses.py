@@ -112,6 +112,18 @@ def ml2p_loss(
     return loss
 
 
+def label_bce_loss(scores: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor
+                   ) -> torch.Tensor:
+    """Binary cross-entropy of `scores + bias` per (image, label), unknown (-1) entries left
+    out. Unlike the per-image ranking loss it compares one label's scores *across* images,
+    which is what per-label AP (mAP) ranks. scores, targets [B, L]; bias a learned scalar."""
+    known = targets >= 0
+    if not bool(known.any()):
+        return scores.sum() * 0
+    return F.binary_cross_entropy_with_logits((scores + bias)[known],
+                                              (targets[known] == 1).to(scores.dtype))
+
+
 def distillation_loss(
     student_scores: torch.Tensor,
     teacher_logits: torch.Tensor,

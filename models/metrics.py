@@ -160,3 +160,44 @@ def evaluate_zsl_gzsl(
                                   for c, a in zip(cols, ap, strict=True)}
         out[setting] = result
     return out
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray,
+                               bins: int = 10) -> float:
+    """ECE over equal-width probability bins: Σ_b |B|/N · |mean p_B − positive rate_B|.
+    Entries with target −1 (unknown) are left out."""
+    p = np.asarray(probabilities, np.float64).ravel()
+    y = np.asarray(targets).ravel()
+    p, y = p[y >= 0], (y[y >= 0] == 1).astype(np.float64)
+    if p.size == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        member = which == b
+        if member.any():
+            total += member.sum() * abs(p[member].mean() - y[member].mean())
+    return total / p.size
+
+
+def probability_quality(probabilities: np.ndarray, targets: np.ndarray, seen_mask: np.ndarray,
+                        cut: float = 0.5) -> dict:
+    """How usable calibrated probabilities are, for the seen and the unseen labels apart:
+    micro F1 of `p ≥ cut` over every (image, label) pair, the mean probability of a true
+    label, ECE (10 bins). probabilities, targets [N, L]; seen_mask [L]."""
+    seen_mask = np.asarray(seen_mask, dtype=bool)
+    out = {}
+    for group, cols in (("seen", seen_mask), ("unseen", ~seen_mask)):
+        p, t = np.asarray(probabilities)[:, cols], np.asarray(targets)[:, cols]
+        known = t >= 0
+        predicted, positive = (p >= cut) & known, (t == 1)
+        tp = float((predicted & positive).sum())
+        precision = tp / predicted.sum() if predicted.sum() else 0.0
+        recall = tp / positive.sum() if positive.sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[group] = {"labels": int(cols.sum()), "pairs": int(known.sum()),
+                      "positives": int(positive.sum()), f"f1_at_{cut:g}": f1,
+                      "precision": precision, "recall": recall,
+                      "mean_p_true": float(p[positive].mean()) if positive.any() else None,
+                      "ece": expected_calibration_error(p, t)}
+    return out

@@ -30,7 +30,7 @@ from models.baseline_losses import baseline_loss
 from models.data import load_dataset
 from models.features import FeatureCache, build_feature_cache
 from models.label_embedders import create_embedder
-from models.losses import distillation_loss, ml2p_loss
+from models.losses import distillation_loss, label_bce_loss, ml2p_loss
 from models.metrics import evaluate_zsl_gzsl
 from models.provenance import git_commit
 from models.tagger import Tagger, build_tagger, save_checkpoint
@@ -53,6 +53,9 @@ class TrainConfig:
     warmup_steps: int = 50
     lam: float = 0.0  # weight of L_reg (method.md §2); 0.4 in the released hyper-parameters
     negatives: int = 0  # sampled negatives per image; 0 = every known negative
+    # weight of a per-label cross-image BCE term beside ML2P's per-image ranking loss (0 =
+    # the paper's loss); its bias is a training-only scalar, not part of the model
+    label_bce_weight: float = 0.0
     distill_weight: float = 1.0
     distill_teacher_temperature: float = 1.0
     distill_student_scale: float = 20.0
@@ -203,6 +206,7 @@ class Trainer:
         self.raw_labels, self.raw_imagenet, self.imagenet_keep = (
             t.to(self.device) for t in (self.raw_labels, self.raw_imagenet, self.imagenet_keep))
         self.index = self._joint_index()
+        self.bce_bias = torch.nn.Parameter(torch.zeros((), device=self.device))
 
     def _init_evidence(self, keep_excluded: bool) -> None:
         evidence = getattr(self.tagger.head, "evidence", None)
@@ -254,6 +258,10 @@ class Trainer:
             scores = self.tagger.score(groups, labels)  # [B, L]
             loss = ml2p_loss(scores, targets, groups, labels, cfg.lam, negatives=cfg.negatives)
             stats = {"rank": float(loss.detach())}
+            if cfg.label_bce_weight > 0:
+                bce = label_bce_loss(scores, targets, self.bce_bias)
+                stats["bce"] = float(bce.detach())
+                loss = loss + cfg.label_bce_weight * bce
         else:  # a baseline: its own loss (models/baseline_losses.py)
             loss, stats = baseline_loss(head, self.tagger.head, groups, labels, targets)
         if cfg.distill_weight > 0:
@@ -280,12 +288,14 @@ class Trainer:
         return results
 
     def write_calibration_data(self, path: Path) -> None:
-        """Validation scores + targets (flattened, known entries only) for `ml2p export`.
+        """Validation scores + targets of every known (image, label) pair for `ml2p export`,
+        with each pair's label (`label_index` into `labels`) and the labels trained on
+        (`reference_labels`), from which the exporter measures each label's novelty.
 
         Only the datasets the model trained on: a domain it cannot rank (e.g. emoji scenes for
         a photo model) would pull every probability towards its own base rate.
         """
-        scores, targets = [], []
+        scores, targets, index, labels = [], [], [], []
         for split in self.val_splits:
             if split.name not in self.config.datasets:
                 continue
@@ -293,15 +303,23 @@ class Trainer:
                 torch.from_numpy(self.embedder.embed(split.label_names))).detach()
             split_scores = predict(self.tagger, split, vectors)
             known = split.targets >= 0
+            columns = np.broadcast_to(np.arange(len(split.label_names)) + len(labels),
+                                      known.shape)
             scores.append(split_scores[known].astype(np.float16))
             targets.append(split.targets[known].astype(np.int8))
+            index.append(columns[known].astype(np.int32))
+            labels += split.label_names
         self.tagger.train()
-        np.savez_compressed(path, scores=np.concatenate(scores), targets=np.concatenate(targets))
+        np.savez_compressed(path, scores=np.concatenate(scores), targets=np.concatenate(targets),
+                            label_index=np.concatenate(index), labels=np.array(labels),
+                            reference_labels=np.array(self.label_names))
 
     def fit(self, resume: bool = True) -> dict:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.tagger.parameters() if p.requires_grad]
+        if cfg.label_bce_weight > 0:  # only then: train states of other runs still resume
+            params.append(self.bce_bias)
         groups = [{"params": params, "lr": cfg.lr}]
         if cfg.finetune_backbone:  # a group of its own (only then: old train states resume)
             backbone = {id(p) for p in self.tagger.backbone.parameters()}

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from artifact.manifest import Calibration
-
 
 @dataclass(frozen=True)
 class Tag:
@@ -26,18 +24,18 @@ def score(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def rank(scores: np.ndarray, labels: list[str], *, top_k: int | None = None,
-         threshold: float | None = None, calibration: Calibration | None = None) -> list[Tag]:
+         threshold: float | None = None, probabilities: np.ndarray | None = None) -> list[Tag]:
     """One image's scores [L] -> tags sorted by score (rank 1 = best).
 
-    `top_k` keeps the best k; `threshold` then keeps tags whose calibrated probability (or
-    raw score when the model has no calibration) is at least the threshold. Ranks are
-    positions in the full ranking.
+    `probabilities` [L] are the calibrated ones (None when the model has no calibration).
+    `top_k` keeps the best k; `threshold` then keeps tags whose probability (or raw score
+    without one) is at least the threshold. Ranks are positions in the full ranking.
     """
     order = np.argsort(-scores, kind="stable")
     if top_k is not None:
         order = order[:top_k]
     values = scores[order].astype(np.float64)
-    probs = calibration.probabilities(values) if calibration is not None else None
+    probs = probabilities[order].astype(np.float64) if probabilities is not None else None
     keep = np.ones(len(order), bool)
     if threshold is not None:
         keep = (probs if probs is not None else values) >= threshold

@@ -20,6 +20,7 @@ import numpy as np
 from artifact.gflops import scoring_gflops
 from artifact.imaging import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
 from artifact.loader import load_artifact
+from artifact.manifest import label_novelty
 from service.errors import (
     DeadlineExceeded,
     ImageTooLarge,
@@ -140,6 +141,7 @@ class TaggingService:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._vocab_tasks: dict[str, asyncio.Future] = {}
+        self._reference_vectors = np.zeros((0, self.manifest.dim), np.float32)
         self._started = False
         self._listeners: list = []
         self.metrics.model_info.labels(self.manifest.name, self.manifest.version,
@@ -173,6 +175,12 @@ class TaggingService:
 
     async def _warmup(self) -> None:
         try:
+            calibration = self.manifest.calibration
+            if calibration is not None and calibration.uses_novelty:
+                # the trained-on labels' vectors, through the same text graph as request labels
+                self._reference_vectors = await asyncio.get_running_loop().run_in_executor(
+                    self._preprocess_pool, self.engine.encode_labels,
+                    calibration.reference_labels)
             if self.settings.warmup:
                 await asyncio.get_running_loop().run_in_executor(
                     self._preprocess_pool, self.engine.warmup)
@@ -324,9 +332,10 @@ class TaggingService:
                 self._preprocess_pool, score, groups, matrix)
         else:
             scores = score(groups, matrix)
-        calibration = self.manifest.calibration
+        probabilities = self.probabilities(scores, matrix)
         tag_lists = [rank(row, clean.texts, top_k=options.top_k, threshold=options.threshold,
-                          calibration=calibration) for row in scores]
+                          probabilities=None if probabilities is None else probabilities[i])
+                     for i, row in enumerate(scores)]
         scoring_s = (time.perf_counter() - scoring_start) / len(images)
         self._observe(labels=labels_s, scoring=scoring_s * len(images))
         m = self.manifest
@@ -344,6 +353,16 @@ class TaggingService:
             model=ModelRef(name=m.name, version=m.version), results=results,
             duplicates_removed=clean.duplicates, labels_ms=_ms(labels_s),
             labels_gflops=m.gflops.label * misses, cache_misses=misses)
+
+    def probabilities(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """scores [B, L] of labels [L, D] → calibrated probabilities [B, L] (None when the
+        model has no calibration); each label's novelty against the trained-on labels."""
+        calibration = self.manifest.calibration
+        if calibration is None:
+            return None
+        novelty = (label_novelty(labels, self._reference_vectors) if calibration.uses_novelty
+                   else None)
+        return calibration.probabilities(scores, novelty)
 
     async def _prepare(self, data: bytes, index: int) -> tuple[np.ndarray, float, float]:
         loop = asyncio.get_running_loop()

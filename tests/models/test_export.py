@@ -103,15 +103,42 @@ def test_manifest(artifact):
     assert fp16["max_abs_diff_groups"] < 0.05 and 0 <= fp16["top5_overlap"] <= 1
 
 
+def _conv_macs(side: int, cin: int, cout: int, kernel: int = 1, groups: int = 1) -> int:
+    return side * side * cout * (cin // groups) * kernel * kernel
+
+
+# EfficientNet-Lite0's MBConv stages: (expansion, kernel, first stride, out channels, repeats)
+LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+
 def test_gflops_match_a_hand_count(artifact):
-    """Lite0 trunk + head, hand-checked against the per-op breakdown: the conv MACs alone."""
+    """The counted Conv FLOPs equal a count by hand from Lite0's block table (stem, then
+    expand 1×1 / depthwise k×k / project 1×1 per block, up to the 320-channel tap; no 1280
+    head conv: this head reads no ImageNet logits) plus the small ML2P head's convolutions."""
     out = artifact[0]
     report = count_flops(out / "visual.onnx", {"image": (2, 3, 224, 224)})
     single = json.loads((out / "manifest.json").read_text())["gflops"]["image"]
     assert report.gflops == pytest.approx(2 * single, rel=1e-9)  # linear in the batch
-    # the stem alone: 3→32, 3×3, stride 2, 112×112 output
-    stem = 112 * 112 * 32 * 3 * 3 * 3 * 2
-    assert report.by_op["Conv"] > 2 * stem
+    macs = _conv_macs(112, 3, 32, 3)  # stem: 3×3, stride 2 → 112×112
+    side, cin = 112, 32
+    for expansion, kernel, stride, cout, repeats in LITE0_STAGES:
+        for block in range(repeats):
+            mid = cin * expansion
+            if expansion != 1:
+                macs += _conv_macs(side, cin, mid)
+            side //= stride if block == 0 else 1
+            macs += _conv_macs(side, mid, mid, kernel, groups=mid)
+            macs += _conv_macs(side, mid, cout)
+            cin = cout
+    assert macs == 363_837_152  # the trunk alone, 0.36 G multiply-adds
+    g, d = SMALL["head_kwargs"]["groups"], SMALL["dim"]
+    w1, w2, w3 = SMALL["head_kwargs"]["widths"]
+    head = (_conv_macs(28, 40, w1) + _conv_macs(14, 112, w2) + _conv_macs(7, 320, w3)  # taps
+            + _conv_macs(7, w1 + w2 + w3, g * d)  # embedding to G·D
+            + _conv_macs(7, g * d, 3 * g * d)  # q, k, v
+            + _conv_macs(7, 3 * g * d, 3 * g * d, 3, groups=3 * g * d))  # their 3×3 depthwise
+    assert report.by_op["Conv"] == 2 * 2 * (macs + head)  # 2 images, 2 FLOPs per MAC
 
 
 def _graph(nodes, inputs, outputs, inits=()):
@@ -171,6 +198,35 @@ def test_calibration_fit_recovers_a_logistic():
     assert cal["a"] == pytest.approx(3.0, rel=0.1) and cal["b"] == pytest.approx(-1.0, abs=0.1)
     with pytest.raises(ValueError):
         fit_calibration([0.1, 0.2], [1, 1])
+
+
+def test_novelty_calibration_fit_from_a_trainers_file(artifact, tmp_path):
+    """A trainer's per-label file: the unseen labels' novelty is measured through the
+    artifact's text graph and the fit recovers a curve of their own (here: the same score
+    means more for a novel label, as for unseen labels, which score lower)."""
+    from artifact.manifest import Calibration, label_novelty
+    from models.export import calibration_fit, label_vectors
+
+    out = artifact[0]
+    labels, reference = ["dog", "cat", "red sports car", "sofa"], ["dog", "cat"]
+    novelty = label_novelty(label_vectors(out, labels), label_vectors(out, reference))
+    assert novelty[:2] == pytest.approx([0, 0], abs=1e-6) and (novelty[2:] > 0.05).all()
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 4, 40000)
+    s = rng.normal(size=index.size)
+    truth = Calibration(kind="logistic-novelty", a=3.0, b=-1.0, c=4.0, d=-1.0,
+                        reference_labels=reference)
+    y = rng.uniform(size=s.size) < truth.probabilities(s, novelty[index])
+    path = tmp_path / "calibration.npz"
+    np.savez(path, scores=s.astype(np.float16), targets=y.astype(np.int8), label_index=index,
+             labels=np.array(labels), reference_labels=np.array(reference))
+    fit = Calibration(**calibration_fit(path, out))
+    assert fit.uses_novelty and fit.reference_labels == reference
+    assert fit.a == pytest.approx(3.0, rel=0.1) and fit.b == pytest.approx(-1.0, abs=0.1)
+    assert fit.c == pytest.approx(4.0, rel=0.25)
+    assert fit.score_only is not None and fit.nll < fit.score_only["nll"]
+    # a flat (scores, targets) pair still fits one curve
+    assert calibration_fit((s, y.astype(np.int8)), out)["kind"] == "logistic"
 
 
 def test_loads_in_the_service_and_broken_artifacts_fail(artifact, tmp_path):

@@ -9,6 +9,7 @@ from models.losses import (
     distillation_loss,
     diversity_weight,
     group_variance_reg,
+    label_bce_loss,
     ml2p_loss,
     ranking_loss,
 )
@@ -139,3 +140,15 @@ def test_distillation_matches_loop_and_masks():
     assert distillation_loss(teacher, teacher, 1.0).item() == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="keep_mask"):
         distillation_loss(student, teacher, 1.0, ~exclude)  # a keep mask passed as exclusion
+
+
+def test_label_bce_leaves_unknown_out_and_matches_a_loop():
+    scores = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    targets = torch.tensor([[1, 0, -1], [-1, 1, 0]], dtype=torch.int8)
+    bias = torch.tensor(-0.5)
+    pairs = [(2.0, 1), (-1.0, 0), (3.0, 1), (-2.0, 0)]
+    expected = sum(math.log1p(math.exp(-(s + bias.item()))) if y else
+                   math.log1p(math.exp(s + bias.item())) for s, y in pairs) / len(pairs)
+    assert float(label_bce_loss(scores, targets, bias)) == pytest.approx(expected, rel=1e-6)
+    none = torch.full((2, 3), -1, dtype=torch.int8)
+    assert float(label_bce_loss(scores, none, bias)) == 0.0

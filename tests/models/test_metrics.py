@@ -7,9 +7,11 @@ from sklearn.metrics import average_precision_score
 from models.metrics import (
     average_precision,
     evaluate_zsl_gzsl,
+    expected_calibration_error,
     f1_at_k,
     mean_average_precision,
     precision_recall_f1_at_k,
+    probability_quality,
 )
 
 
@@ -78,3 +80,19 @@ def test_evaluate_zsl_gzsl():
     assert set(out["zsl"]["per_label_ap"]) == {"l5", "l6", "l7"}
     pos_only = evaluate_zsl_gzsl(scores, targets, names, seen, include="positive")
     assert pos_only["zsl"]["images"] == int((targets[:, 5:] == 1).any(1).sum())
+
+
+def test_calibration_error_and_probability_quality_hand_computed():
+    # bin [0.2, 0.3): p 0.2, 0.2 with one positive → |0.2 − 0.5| · 2/4; bin [0.9, 1]: p 0.9,
+    # 1.0 both positive → |0.95 − 1| · 2/4; the unknown entry is left out
+    p = np.array([0.2, 0.2, 0.9, 1.0, 0.7])
+    y = np.array([1, 0, 1, 1, -1])
+    assert expected_calibration_error(p, y) == pytest.approx(0.3 * 0.5 + 0.05 * 0.5)
+    probs = np.array([[0.9, 0.6], [0.2, 0.4], [0.7, 0.1]])
+    targets = np.array([[1, 1], [1, 0], [0, 0]])
+    q = probability_quality(probs, targets, seen_mask=np.array([True, False]))
+    # seen: predicted {0, 2}, positives {0, 1} → P = R = 1/2; unseen: predicted {0} = positive
+    assert q["seen"]["f1_at_0.5"] == pytest.approx(0.5)
+    assert q["unseen"]["f1_at_0.5"] == pytest.approx(1.0)
+    assert q["seen"]["mean_p_true"] == pytest.approx(0.55)
+    assert q["unseen"]["labels"] == 1 and q["unseen"]["positives"] == 1

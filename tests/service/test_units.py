@@ -12,7 +12,7 @@ import pytest
 
 from artifact.errors import ArtifactError
 from artifact.loader import load_artifact
-from artifact.manifest import Calibration
+from artifact.manifest import Calibration, label_novelty
 from ml2p_cli import build_parser
 from service import protos
 from service.cli import settings_from
@@ -205,12 +205,27 @@ def test_scoring_is_max_over_groups_and_independent_per_label():
     labels = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
     assert np.allclose(score(groups, labels), [[1.0, 0.5, 0.6]])
     assert np.allclose(score(groups, labels[1:2]), [[0.5]])
-    tags = rank(np.array([0.1, 0.9, 0.5]), ["a", "b", "c"], top_k=2,
-                calibration=Calibration(a=10.0, b=-5.0))
+    values = np.array([0.1, 0.9, 0.5])
+    tags = rank(values, ["a", "b", "c"], top_k=2,
+                probabilities=Calibration(a=10.0, b=-5.0).probabilities(values))
     assert [(t.label, t.rank) for t in tags] == [("b", 1), ("c", 2)]
     assert tags[0].probability == pytest.approx(1 / (1 + np.exp(-4.0)))
     assert [t.label for t in rank(np.array([0.1, 0.9, 0.5]), list("abc"), threshold=0.5)] == [
         "b", "c"]
+
+
+def test_novelty_calibration_gives_far_labels_their_own_curve():
+    reference = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # the labels trained on
+    labels = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    novelty = label_novelty(labels, reference)
+    assert novelty == pytest.approx([0.0, 0.2, 1.0])
+    curve = Calibration(kind="logistic-novelty", a=10.0, b=-5.0, c=2.0, d=0.0,
+                        reference_labels=["x", "y"])
+    probs = curve.probabilities(np.full((1, 3), 0.4), novelty)  # one score, three labels
+    assert probs[0, 0] == pytest.approx(1 / (1 + np.exp(1.0)))  # a trained label: a·s + b
+    assert probs[0, 0] < probs[0, 1] < probs[0, 2]  # the same score means more when novel
+    with pytest.raises(ValueError, match="novelty"):
+        curve.probabilities(np.zeros(3))
 
 
 def test_batch_buckets():
