@@ -1,4 +1,4 @@
-"""Training-side `ml2p` sub-commands: data, train, eval, export, quantize, card.
+"""Training-side `ml2p` sub-commands: data, train, eval, export, quantize, calibrate, card.
 
 Registered by `ml2p_cli` when the training side is installed; torch is only imported inside
 the command functions.
@@ -20,7 +20,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.dataset == "emojitags":
         from models.data.emojitags import build_emojitags
 
-        build_emojitags(args.out, seed=args.seed, n_train=args.train_scenes)
+        build_emojitags(args.out, seed=args.seed, n_train=args.train_scenes,
+                        version=args.version)
     else:
         from models.data import load_dataset
 
@@ -111,6 +112,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"artifact: {path}")
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from models.train import write_checkpoint_calibration
+
+    path = write_checkpoint_calibration(Path(args.checkpoint), Path(args.out))
+    print(f"calibration data: {path}")
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from models.card import CARD, update
 
@@ -137,7 +145,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("dataset", choices=["emojitags", "voc2007"])
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--train-scenes", type=int, default=4000,
-                      help="EmojiTags training scenes (val 600 and test 1000 stay as they are)")
+                      help="EmojiTags training scenes (val 600 and each test split 1000 stay "
+                           "as they are)")
+    data.add_argument("--version", type=int, default=2, choices=[1, 2],
+                      help="EmojiTags protocol: 2 = test scenes in the training art styles + "
+                           "the openmoji scenes as test-shift; 1 = test is the openmoji scenes")
     data.add_argument("--out", default=None,
                       help="EmojiTags directory (default $ML2P_CACHE_DIR/emojitags; read it "
                            "back with ML2P_EMOJITAGS_ROOT)")
@@ -191,6 +203,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--int8-ranges", metavar="INT8.json",
                         help="`ml2p quantize` output: build the int8 graph from it (no data)")
     export.set_defaults(func=cmd_export)
+
+    calibrate = subparsers.add_parser(
+        "calibrate", help="write a checkpoint's validation scores per (image, label) with the "
+                          "labels it trained on: the exporter's --calibration file")
+    calibrate.add_argument("checkpoint")
+    calibrate.add_argument("--out", required=True, help="the .npz to write")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     card = subparsers.add_parser("card", help="regenerate the model card's result tables "
                                               "from benchmarks/results")

@@ -80,7 +80,14 @@ def _cache_key(backbone: str, spec: Preprocessing, paths: list[Path]) -> str:
     decoding = {"jpeg": "simplejpeg", "draft_ratio": DRAFT_RATIO}
     digest.update(json.dumps([backbone, section, decoding], sort_keys=True).encode())
     for path in paths:
-        digest.update(str(path).encode())
+        # a rebuilt dataset reuses file names (EmojiTags v2's test/ holds other scenes than
+        # v1's): each file's size and modification time make rewritten files miss
+        try:
+            stat = Path(path).stat()
+            identity = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        except OSError:  # unreadable files are recorded as such by the cache build
+            identity = f"{path}\0missing"
+        digest.update(identity.encode())
     return digest.hexdigest()[:16]
 
 

@@ -382,5 +382,21 @@ class Trainer:
         return {"history": history, "checkpoint": str(self.out_dir / "model.pt")}
 
 
+def write_checkpoint_calibration(checkpoint: Path, path: Path) -> Path:
+    """`ml2p calibrate`: the calibration file of a trained checkpoint (its own training
+    configuration rebuilds the validation splits and the labels it trained on), e.g. to refit
+    the probabilities of a model trained before the file carried per-label data."""
+    from models.tagger import load_checkpoint
+
+    tagger = load_checkpoint(checkpoint)
+    config = (tagger.provenance or {}).get("train_config")
+    if config is None:
+        raise ValueError(f"{checkpoint}: no training configuration in its provenance")
+    trainer = Trainer(TrainConfig(**config), path.parent)
+    trainer.tagger = tagger.to(trainer.device)
+    trainer.write_calibration_data(path)
+    return path
+
+
 def train(config: TrainConfig, out_dir: Path, resume: bool = True) -> dict:
     return Trainer(config, out_dir).fit(resume=resume)

@@ -22,6 +22,7 @@ from artifact.imaging import ImageDecodeError, Preprocessing, decode_image, load
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EXTRA_SPLITS: dict[str, tuple[str, ...]] = {}  # dataset -> its own further splits
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -52,9 +53,11 @@ def require(path: Path, expected: str, hint: str = "") -> Path:
     return path
 
 
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+def check_split(split: str, dataset: str | None = None) -> str:
+    known = SPLITS + EXTRA_SPLITS.get(dataset or "", ())
+    if split not in known:
+        raise ValueError(f"unknown split {split!r}{f' of {dataset}' if dataset else ''}; "
+                         f"expected one of {', '.join(known)}")
     return split
 
 
@@ -238,18 +241,21 @@ Loader = Callable[..., MultiLabelDataset]
 DATASETS: dict[str, Loader] = {}
 
 
-def register(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: make `loader(split, root=None, **kw)` available as `load_dataset(name, …)`."""
+def register(name: str, extra_splits: tuple[str, ...] = ()) -> Callable[[Loader], Loader]:
+    """Decorator: make `loader(split, root=None, **kw)` available as `load_dataset(name, …)`,
+    with the usual splits and `extra_splits` of its own."""
     def wrap(loader: Loader) -> Loader:
         DATASETS[name] = loader
+        EXTRA_SPLITS[name] = tuple(extra_splits)
         return loader
     return wrap
 
 
 def load_dataset(name: str, split: str, root: str | Path | None = None, **kw) -> MultiLabelDataset:
-    """Load split `split` ("train", "val", "test") of dataset `name`."""
+    """Load split `split` ("train", "val", "test", or one of the dataset's own, e.g.
+    EmojiTags' "test-shift") of dataset `name`."""
     import models.data  # noqa: F401 - registers the built-in loaders
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](check_split(split), root=root, **kw)
+    return DATASETS[name](check_split(split, name), root=root, **kw)

@@ -11,8 +11,14 @@ Built offline (``build_emojitags``, CLI ``ml2p data emojitags``) in three separa
    ``tags``, matched by code point. Labels are keywords that occur for >= 2 emoji.
 3. ``generate_scenes`` — 224x224 scenes of 1-4 emoji at random scale, rotation, position
    and overlap on solid / gradient / noise backgrounds; labels = union of the emoji's
-   keywords. Train and val scenes use the google + twitter art, test scenes only the
-   held-out openmoji art. Deterministic for a seed.
+   keywords. Deterministic for a seed; every split draws its own scenes (its own random
+   stream), so no two splits share a scene.
+
+Protocol versions (``VERSION``; recorded in ``labels.json`` and in every result):
+- **v2** (default): train, val and ``test`` scenes all use the training art styles (google +
+  twitter) — only the labels are unseen, as in NUS-WIDE; ``test-shift`` holds the scenes in
+  the held-out openmoji style (identical to v1's ``test``), reported as *style shift*.
+- v1: ``test`` was the openmoji scenes (``ml2p data emojitags --version 1``).
 
 The unseen labels (~10 %) are drawn once with a fixed seed and committed as
 ``models/assets/emojitags_split.json``; the 20 VOC label texts never enter the draw and the
@@ -53,7 +59,8 @@ NPM_PACKAGES = {
     "openmoji": "17.0.0",
 }
 TRAIN_STYLES = ("google", "twitter")
-TEST_STYLES = ("openmoji",)
+TEST_STYLES = ("openmoji",)  # the held-out style: v2's test-shift split (v1's test)
+VERSION = 2
 SKIP_CATEGORIES = {"Flags", "Symbols", "Component"}
 SKIP_OPENMOJI_GROUPS = {"flags", "symbols", "component", "extras-openmoji", "extras-unicode"}
 SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
@@ -261,14 +268,22 @@ def render_scene(rng: np.random.Generator, art: list[Image.Image], size: int = S
     return canvas.convert("RGB")
 
 
-SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+def split_plan(version: int) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """split -> (its random stream's code, art styles) in a protocol version; the openmoji
+    scenes keep code 3 in both (v1's test = v2's test-shift, scene for scene)."""
+    if version == 1:
+        return {"train": (1, TRAIN_STYLES), "val": (2, TRAIN_STYLES), "test": (3, TEST_STYLES)}
+    if version == 2:
+        return {"train": (1, TRAIN_STYLES), "val": (2, TRAIN_STYLES),
+                "test": (4, TRAIN_STYLES), "test-shift": (3, TEST_STYLES)}
+    raise ValueError(f"unknown EmojiTags version {version} (1 or 2)")
 
 
 def generate_scenes(catalog: list[Emoji], labels: list[str], out_dir: Path, split: str,
                     count: int, seed: int = 0, layout: SceneLayout = SceneLayout(),
-                    ) -> list[dict]:
+                    version: int = VERSION) -> list[dict]:
     """Write `count` scenes of `split` as PNGs under out_dir/split; return their records."""
-    styles = TEST_STYLES if split == "test" else TRAIN_STYLES
+    code, styles = split_plan(version)[split]
     column = {label: i for i, label in enumerate(labels)}
     usable = [e for e in catalog if any(k in column for k in e.keywords)]
     art_cache: dict[tuple[int, str], Image.Image] = {}
@@ -276,7 +291,7 @@ def generate_scenes(catalog: list[Emoji], labels: list[str], out_dir: Path, spli
     folder.mkdir(parents=True, exist_ok=True)
     records = []
     for index in range(count):
-        rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+        rng = np.random.default_rng([seed, code, index])
         n_emoji = int(rng.integers(1, layout.max_emoji + 1))
         chosen = rng.choice(len(usable), size=n_emoji, replace=False)
         art = []
@@ -297,8 +312,9 @@ def generate_scenes(catalog: list[Emoji], labels: list[str], out_dir: Path, spli
 
 def build_emojitags(out_dir: str | Path | None = None, seed: int = 0, n_train: int = 4000,
                     n_val: int = 600, n_test: int = 1000, modules: Path | None = None,
-                    split_file: Path = SPLIT_FILE) -> Path:
-    """Fetch the art (unless `modules` is given), then write the dataset to `out_dir`.
+                    split_file: Path = SPLIT_FILE, version: int = VERSION) -> Path:
+    """Fetch the art (unless `modules` is given), then write the dataset (protocol `version`)
+    to `out_dir`; each test split gets `n_test` scenes.
 
     Returns the dataset directory (default ``$ML2P_CACHE_DIR/emojitags``).
     """
@@ -315,15 +331,18 @@ def build_emojitags(out_dir: str | Path | None = None, seed: int = 0, n_train: i
         shutil.rmtree(out)
     out.mkdir(parents=True)
     splits, timings = {}, {}
-    for name, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+    plan = split_plan(version)
+    counts = {"train": n_train, "val": n_val, "test": n_test, "test-shift": n_test}
+    for name in plan:
+        count = counts[name]
         tick = time.perf_counter()
-        splits[name] = generate_scenes(catalog, labels, out, name, count, seed)
+        splits[name] = generate_scenes(catalog, labels, out, name, count, seed, version=version)
         timings[name] = round(time.perf_counter() - tick, 1)
         log.info("EmojiTags %s: %d scenes in %.1fs", name, count, timings[name])
     meta = {
-        "seed": seed, "packages": NPM_PACKAGES, "emoji": len(catalog), "label_names": labels,
-        "unseen": [u for u in split["unseen"] if u in set(labels)],
-        "styles": {"train": TRAIN_STYLES, "val": TRAIN_STYLES, "test": TEST_STYLES},
+        "version": version, "seed": seed, "packages": NPM_PACKAGES, "emoji": len(catalog),
+        "label_names": labels, "unseen": [u for u in split["unseen"] if u in set(labels)],
+        "styles": {name: styles for name, (_, styles) in plan.items()},
         "seconds": {**timings, "total": round(time.perf_counter() - started, 1)},
         "splits": splits,
     }
@@ -332,14 +351,24 @@ def build_emojitags(out_dir: str | Path | None = None, seed: int = 0, n_train: i
 
 
 # -- loader ------------------------------------------------------------------------------
-@register("emojitags")
-def load_emojitags(split: str, root: str | Path | None = None) -> MultiLabelDataset:
-    """A built EmojiTags split; root from the argument, ``ML2P_EMOJITAGS_ROOT`` or the cache."""
+def read_meta(root: str | Path | None = None) -> dict:
+    """A built dataset's ``labels.json`` (its ``version`` is 1 when the file predates it)."""
     base = resolve_root(root, ENV_ROOT, default_root())
     meta_path = require(base / "labels.json", "a built EmojiTags dataset (labels.json + PNGs)",
                         "build it with `ml2p data emojitags`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return {"version": 1, **json.loads(meta_path.read_text(encoding="utf-8"))}
+
+
+@register("emojitags", extra_splits=("test-shift",))
+def load_emojitags(split: str, root: str | Path | None = None) -> MultiLabelDataset:
+    """A built EmojiTags split; root from the argument, ``ML2P_EMOJITAGS_ROOT`` or the cache."""
+    base = resolve_root(root, ENV_ROOT, default_root())
+    meta = read_meta(base)
     names = meta["label_names"]
+    if split not in meta["splits"]:
+        raise ValueError(f"EmojiTags v{meta['version']} at {base} has no {split!r} split "
+                         f"(it has {', '.join(meta['splits'])}; `ml2p data emojitags` builds "
+                         f"v{VERSION})")
     records = meta["splits"][split]
     targets = np.zeros((len(records), len(names)), dtype=np.int8)
     for row, record in enumerate(records):

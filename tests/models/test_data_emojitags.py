@@ -51,8 +51,35 @@ def test_build_writes_scenes_and_labels(built) -> None:
     assert (train.targets.sum(axis=1) >= 1).all()
     image, row = train[0]
     assert image.shape == (3, 224, 224)
-    assert meta["styles"]["test"] == ["openmoji"] and "openmoji" not in meta["styles"]["train"]
+    assert meta["version"] == 2
+    # v2: the test scenes are drawn in the training styles, the openmoji ones are test-shift
+    assert meta["styles"]["test"] == meta["styles"]["train"] == ["google", "twitter"]
+    assert meta["styles"]["test-shift"] == ["openmoji"]
+    shift = load_dataset("emojitags", "test-shift", root=built["out"])
+    assert len(shift) == 4 and shift.label_names == test.label_names
     assert (~test.seen).sum() == len(meta["unseen"]) >= 1
+    pictures = {split: {(built["out"] / r["file"]).read_bytes() for r in meta["splits"][split]}
+                for split in ("train", "val", "test")}
+    assert not pictures["test"] & (pictures["train"] | pictures["val"])  # scenes of its own
+
+
+def test_version_1_test_is_version_2_test_shift(built, tmp_path) -> None:
+    """v1 (test = openmoji scenes) is still buildable, and its test split is v2's
+    test-shift scene for scene; asking a v1 build for test-shift names the version."""
+    v1 = build_emojitags(tmp_path / "v1", seed=3, n_train=1, n_val=0, n_test=4,
+                         modules=built["modules"], split_file=built["base"] / "split.json",
+                         version=1)
+    meta1 = json.loads((v1 / "labels.json").read_text())
+    meta2 = json.loads((built["out"] / "labels.json").read_text())
+    assert meta1["version"] == 1 and meta1["styles"]["test"] == ["openmoji"]
+    assert meta1["splits"]["test"] == [{**r, "file": r["file"].replace("test-shift/", "test/")}
+                                       for r in meta2["splits"]["test-shift"]]
+    assert (v1 / "test/00002.png").read_bytes() == \
+        (built["out"] / "test-shift/00002.png").read_bytes()
+    with pytest.raises(ValueError, match="v1 .* no 'test-shift'"):
+        load_dataset("emojitags", "test-shift", root=v1)
+    with pytest.raises(ValueError, match="unknown split 'test-shift' of voc2007"):
+        load_dataset("voc2007", "test-shift")
 
 
 def test_deterministic_for_a_seed(built) -> None:

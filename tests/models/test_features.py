@@ -42,3 +42,8 @@ def test_cache_contents_reuse_and_concurrent_builders(monkeypatch: pytest.Monkey
     again = build_feature_cache("fixture-train", images)
     assert again.directory == a.directory
     assert again.directory.stat().st_mtime == a.directory.stat().st_mtime  # reused, not rebuilt
+    # a file rewritten under the same name (a rebuilt dataset) is not served stale features
+    Image.new("RGB", (64, 48), (30, 200, 30)).save(images[0])  # now the second image's picture
+    rebuilt = build_feature_cache("fixture-train", images)
+    assert rebuilt.directory != a.directory
+    np.testing.assert_allclose(rebuilt.logits[0], rebuilt.logits[1], atol=1e-5)
