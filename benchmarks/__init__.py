@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                       "goes (speedscope profile + summary)"),
     "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "
                                   "ML2P (accuracy, params, GFLOPs, latency)"),
+    "select": ("benchmarks.selection", "candidate training recipes compared on VOC validation "
+                                       "data carved from train (how the shipped recipe is "
+                                       "chosen)"),
     "engines": ("benchmarks.engines", "engines and precision variants of one artifact: "
                                       "latency, throughput, agreement with fp32"),
     "emoji-diagnostics": ("benchmarks.emoji_diagnostics", "where EmojiTags loses its signal: "

@@ -174,7 +174,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--method", action="append", metavar="NAME=CKPT[,CKPT]",
                           help="a method's checkpoints (one per seed), repeatable: all into one "
                                "table beside a random ranking (positional checkpoints = ml2p)")
-    evaluate.add_argument("--datasets", nargs="+", default=["voc2007", "emojitags"])
+    evaluate.add_argument("--datasets", nargs="+",
+                          default=["voc2007", "emojitags", "emojitags:test-shift"],
+                          help="test splits: a dataset's test, or NAME:SPLIT (EmojiTags' "
+                               "held-out art style: emojitags:test-shift)")
     evaluate.add_argument("--out", default=EVAL_OUT,
                           help=f"the table (JSON, and .md beside it); default {EVAL_OUT}, a "
                                "working directory: the committed benchmarks/results/"

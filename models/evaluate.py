@@ -27,6 +27,22 @@ METRICS = ("map", "f1_3", "f1_5")
 INCLUSION = "positive"
 
 
+def test_split(spec: str, backbone: str) -> SplitData:
+    """The evaluated split of `spec`: a dataset's `test`, or `NAME:SPLIT` (e.g.
+    `emojitags:test-shift`, EmojiTags' held-out art style)."""
+    name, _, split = spec.partition(":")
+    return load_split(name, split or "test", backbone)
+
+
+def dataset_version(spec: str) -> int | None:
+    """The protocol version of a dataset that has one (EmojiTags), else None."""
+    if spec.partition(":")[0] != "emojitags":
+        return None
+    from models.data.emojitags import read_meta
+
+    return int(read_meta()["version"])
+
+
 def conse_scores(split: SplitData, top_t: int = 10) -> np.ndarray:
     """Training-free ConSE on the backbone's own ImageNet classifier (method.md §3)."""
     embedder = create_embedder("minilm")
@@ -90,7 +106,7 @@ def evaluate_checkpoints(checkpoints: list[Path], datasets: list[str], out: Path
         "datasets": {},
     }
     for name in datasets:
-        split = load_split(name, "test", backbone)
+        split = test_split(name, backbone)
         ml2p = []
         for tagger in taggers:
             vectors = tagger.transform_labels(torch.from_numpy(embedder.embed(split.label_names)))
@@ -101,6 +117,7 @@ def evaluate_checkpoints(checkpoints: list[Path], datasets: list[str], out: Path
             "ml2p": ml2p,
         }
         entry = {
+            "dataset_version": dataset_version(name),
             "test_images": int(len(split.rows)),
             "labels": len(split.label_names),
             "unseen_labels": int((~split.seen).sum()),
@@ -314,7 +331,7 @@ def checkpoint_scores(checkpoints: list[Path], dataset: str,
         tagger = load_checkpoint(path)
         backbone, kind = tagger.config["backbone"], tagger.config["embedder"]["kind"]
         if (dataset, backbone) not in splits:
-            splits[dataset, backbone] = load_split(dataset, "test", backbone)
+            splits[dataset, backbone] = test_split(dataset, backbone)
         split = splits[dataset, backbone]
         if kind not in embedders:
             embedders[kind] = create_embedder(kind)
@@ -356,6 +373,7 @@ def evaluate_methods(methods: dict[str, list[Path]], datasets: list[str],
         if random:
             scores = {"random": [random_scores(split, seed) for seed in range(10)], **scores}
         entry = {
+            "dataset_version": dataset_version(name),
             "test_images": int(len(split.rows)),
             "labels": len(split.label_names),
             "unseen_labels": int((~split.seen).sum()),
@@ -389,7 +407,8 @@ INCLUSION_RULE = ("test images with at least one positive of the ranked label se
 
 def dataset_header(name: str, entry: dict) -> list[str]:
     """A dataset's heading and the table header (ZSL then GZSL × mAP / F1@3 / F1@5)."""
-    return [f"## {name}: {entry['test_images']} test images, {entry['labels']} labels "
+    version = f" v{entry['dataset_version']}" if entry.get("dataset_version") else ""
+    return [f"## {name}{version}: {entry['test_images']} test images, {entry['labels']} labels "
             f"({entry['unseen_labels']} unseen)", "",
             "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
             "|---|---|---|---|---|---|---|"]
