@@ -405,7 +405,13 @@ class TaggingService:
             task = asyncio.ensure_future(self.label_encoder.embed(self._vocab_clean(vocab),
                                                                   vocabulary=True))
             self._vocab_tasks[vocab.name] = task
-        matrix, misses = await asyncio.shield(task)  # a timed-out request keeps the work
+        try:
+            matrix, misses = await asyncio.shield(task)  # a timed-out request keeps the work
+        except Exception:
+            # a failed embedding is not remembered: the next request tries again
+            if self._vocab_tasks.get(vocab.name) is task:
+                del self._vocab_tasks[vocab.name]
+            raise
         vocab.embeddings = matrix
         self._vocab_tasks.pop(vocab.name, None)
         return matrix, misses

@@ -302,6 +302,42 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
         assert r.status_code == 503 and "failed warm-up" in r.json()["error"]["message"]
 
 
+def test_a_failed_vocabulary_embedding_is_retried(model_dir, png, tmp_path):
+    """The embedding a PUT starts fails; the next request embeds the vocabulary again instead
+    of being answered with the remembered failure."""
+    from fastapi.testclient import TestClient
+
+    from service.api.http import create_app
+    from service.pipeline.tagging import build_service
+    from service.settings import Settings
+
+    service = build_service(Settings(model=model_dir, vocab_dir=tmp_path, http_port=0,
+                                     grpc_port=0))
+    encode, failures = service.label_scheduler._encode, []
+
+    def flaky(texts):  # noqa: ANN001, ANN202
+        if "zebra crossing" in texts and not failures:
+            failures.append(texts)
+            raise RuntimeError("text graph unavailable")
+        return encode(texts)
+
+    service.label_scheduler._encode = flaky
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.put("/v1/vocabularies/streets",
+                          json={"labels": ["zebra crossing", "lamp post"]}).status_code in (200,
+                                                                                           201)
+        while not failures and time.monotonic() < deadline + 10:  # the background embedding
+            time.sleep(0.02)
+        assert failures
+        again = client.post("/v1/tag", files={"image": ("x.png", png)},
+                            data={"vocabulary": "streets"})
+        assert again.status_code == 200, again.text
+        assert {t["label"] for t in again.json()["tags"]} == {"zebra crossing", "lamp post"}
+
+
 def test_serve_help_states_each_default_once():
     import contextlib
     import io
