@@ -92,7 +92,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     problem = _unreadable(args.images)
     if problem:
         return _fail(problem)
-    options = {"top_k": args.top_k, "threshold": args.threshold}
+    options = {"top_k": args.top_k, "min_probability": args.min_probability,
+               "min_score": args.min_score}
     if args.url:
         results = [_tag_remote(args, path, options) for path in args.images]
     else:
@@ -167,7 +168,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tag.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate labels")
     tag.add_argument("--vocabulary", help="a stored vocabulary name instead of --labels")
     tag.add_argument("--top-k", type=int)
-    tag.add_argument("--threshold", type=float)
+    tag.add_argument("--min-probability", type=float,
+                     help="keep tags whose calibrated probability is at least this (0-1)")
+    tag.add_argument("--min-score", type=float, help="keep tags whose raw score is at least this")
     tag.add_argument("--url", help="server base URL (default: run the model in-process)")
     tag.add_argument("--json", action="store_true", help="one JSON object per image")
     _settings_flags(tag)

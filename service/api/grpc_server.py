@@ -147,6 +147,9 @@ class TaggerServicer(pb_grpc.TaggerServicer):
         remaining = context.time_remaining()
         return TagOptions(
             top_k=request.top_k if request.HasField("top_k") else None,
+            min_probability=(request.min_probability if request.HasField("min_probability")
+                             else None),
+            min_score=request.min_score if request.HasField("min_score") else None,
             threshold=request.threshold if request.HasField("threshold") else None,
             timeout_s=remaining if remaining is not None and remaining > 0 else None)
 

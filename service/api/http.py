@@ -61,7 +61,8 @@ _BUILTIN = {409: {"model": ErrorBody, "description": "built-in vocabulary"}}
 _TAG_ERRORS = {**_ERRORS, 404: {"model": ErrorBody, "description": "unknown vocabulary"}}
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "body_too_large", 415: "unsupported_media_type"}
-_FORM_OPTIONS = ("vocabulary", "top_k", "threshold", "timeout_ms")
+_FORM_OPTIONS = ("vocabulary", "top_k", "min_probability", "min_score", "threshold",
+                 "timeout_ms")
 
 
 # --- dependencies ------------------------------------------------------------------------
@@ -190,7 +191,9 @@ def _tag_body_doc(model: type, batch: bool) -> dict:
             "labels": {"type": "array", "items": {"type": "string"},
                        "description": "repeated fields, or one field holding a JSON array"},
             "vocabulary": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1},
-            "threshold": {"type": "number"},
+            "min_probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "min_score": {"type": "number"},
+            "threshold": {"type": "number", "deprecated": True},
             "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
         },
     }
@@ -201,7 +204,8 @@ def _tag_body_doc(model: type, batch: bool) -> dict:
 
 
 def _options(params: TagParams) -> TagOptions:
-    return TagOptions(top_k=params.top_k, threshold=params.threshold,
+    return TagOptions(top_k=params.top_k, min_probability=params.min_probability,
+                      min_score=params.min_score, threshold=params.threshold,
                       timeout_s=params.timeout_ms / 1000.0 if params.timeout_ms else None)
 
 

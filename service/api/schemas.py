@@ -33,9 +33,16 @@ class TagParams(BaseModel):
     vocabulary: str | None = Field(
         None, description="name of a stored vocabulary, instead of `labels`")
     top_k: int | None = Field(None, ge=1, description="keep the best k (default: all, ranked)")
+    min_probability: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False,
+        description="keep tags whose calibrated probability >= this (0-1; 422 for a model "
+                    "without calibration)")
+    min_score: float | None = Field(
+        None, allow_inf_nan=False, description="keep tags whose raw score >= this")
     threshold: float | None = Field(
-        None, allow_inf_nan=False,
-        description="keep tags whose probability (raw score if uncalibrated) >= this")
+        None, allow_inf_nan=False, deprecated=True,
+        description="deprecated name of min_probability (of min_score for a model without "
+                    "calibration); checked the same way")
     timeout_ms: float | None = Field(
         None, gt=0, allow_inf_nan=False,
         description="deadline for this request (capped by the server's)")

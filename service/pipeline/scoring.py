@@ -1,4 +1,4 @@
-"""Scoring: `score = max_g <v_g, w>`, ranking, top-k, threshold, calibrated probability."""
+"""Scoring: `score = max_g <v_g, w>`, ranking, top-k, cut-offs, calibrated probability."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ def score(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def rank(scores: np.ndarray, labels: list[str], *, top_k: int | None = None,
-         threshold: float | None = None, probabilities: np.ndarray | None = None) -> list[Tag]:
+         min_score: float | None = None, min_probability: float | None = None,
+         probabilities: np.ndarray | None = None) -> list[Tag]:
     """One image's scores [L] -> tags sorted by score (rank 1 = best).
 
     `probabilities` [L] are the calibrated ones (None when the model has no calibration).
-    `top_k` keeps the best k; `threshold` then keeps tags whose probability (or raw score
-    without one) is at least the threshold. Ranks are positions in the full ranking.
+    `top_k` keeps the best k; then `min_score` keeps tags whose raw score, `min_probability`
+    those whose probability, is at least that. Ranks are positions in the full ranking.
     """
     order = np.argsort(-scores, kind="stable")
     if top_k is not None:
@@ -37,8 +38,12 @@ def rank(scores: np.ndarray, labels: list[str], *, top_k: int | None = None,
     values = scores[order].astype(np.float64)
     probs = probabilities[order].astype(np.float64) if probabilities is not None else None
     keep = np.ones(len(order), bool)
-    if threshold is not None:
-        keep = (probs if probs is not None else values) >= threshold
+    if min_score is not None:
+        keep &= values >= min_score
+    if min_probability is not None:
+        if probs is None:
+            raise ValueError("min_probability needs probabilities (a calibrated model)")
+        keep &= probs >= min_probability
     return [
         Tag(labels[order[i]], float(values[i]), int(i) + 1,
             float(probs[i]) if probs is not None else None)

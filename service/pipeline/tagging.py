@@ -67,7 +67,9 @@ class State(StrEnum):
 @dataclass(frozen=True)
 class TagOptions:
     top_k: int | None = None
-    threshold: float | None = None
+    min_probability: float | None = None  # 0-1, on the calibrated probability
+    min_score: float | None = None  # on the raw score
+    threshold: float | None = None  # deprecated: min_probability (raw score if uncalibrated)
     timeout_s: float | None = None  # capped by settings.request_timeout_s
 
 
@@ -301,8 +303,7 @@ class TaggingService:
                                  f"{self.settings.max_images}", field="images")
         if options.top_k is not None and options.top_k < 1:
             raise InvalidRequest("top_k must be at least 1", field="top_k")
-        if options.threshold is not None and not math.isfinite(options.threshold):
-            raise InvalidRequest("threshold must be a finite number", field="threshold")
+        min_probability, min_score = self._cut_offs(options)
         if (labels is None) == (vocabulary is None):
             raise InvalidRequest("send either labels or a vocabulary name (exactly one)",
                                  field="labels")
@@ -333,7 +334,8 @@ class TaggingService:
         else:
             scores = score(groups, matrix)
         probabilities = self.probabilities(scores, matrix)
-        tag_lists = [rank(row, clean.texts, top_k=options.top_k, threshold=options.threshold,
+        tag_lists = [rank(row, clean.texts, top_k=options.top_k, min_score=min_score,
+                          min_probability=min_probability,
                           probabilities=None if probabilities is None else probabilities[i])
                      for i, row in enumerate(scores)]
         scoring_s = (time.perf_counter() - scoring_start) / len(images)
@@ -353,6 +355,38 @@ class TaggingService:
             model=ModelRef(name=m.name, version=m.version), results=results,
             duplicates_removed=clean.duplicates, labels_ms=_ms(labels_s),
             labels_gflops=m.gflops.label * misses, cache_misses=misses)
+
+    def _cut_offs(self, options: TagOptions) -> tuple[float | None, float | None]:
+        """(min_probability, min_score), checked: a probability lies in 0-1 and needs a
+        calibrated model; `threshold` is the old name of min_probability (of min_score for a
+        model without calibration), kept with the same checks."""
+        calibrated = self.manifest.calibration is not None
+        min_probability, min_score = options.min_probability, options.min_score
+        for name, value in (("min_probability", min_probability), ("min_score", min_score),
+                            ("threshold", options.threshold)):
+            if value is not None and not math.isfinite(value):
+                raise InvalidRequest(f"{name} must be a finite number", field=name)
+        if options.threshold is not None:
+            if min_probability is not None or min_score is not None:
+                raise InvalidRequest("threshold is the deprecated name of min_probability: "
+                                     "send min_probability or min_score, not both",
+                                     field="threshold")
+            if calibrated:
+                min_probability = options.threshold
+            else:
+                min_score = options.threshold
+        if min_probability is not None:
+            field = "min_probability" if options.threshold is None else "threshold"
+            if not 0.0 <= min_probability <= 1.0:
+                raise InvalidRequest(f"{field} is a probability and must lie in 0-1, got "
+                                     f"{min_probability:g} (a percentage? send "
+                                     f"{min_probability / 100:g}; raw scores: min_score)",
+                                     field=field)
+            if not calibrated:
+                raise InvalidRequest(f"model {self.artifact.key} has no calibration, so no "
+                                     "probabilities: filter raw scores with min_score",
+                                     field=field)
+        return min_probability, min_score
 
     def probabilities(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
         """scores [B, L] of labels [L, D] → calibrated probabilities [B, L] (None when the

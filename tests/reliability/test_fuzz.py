@@ -211,7 +211,8 @@ def test_rest_random_images_and_labels(fuzz_server, http, image, labels, as_json
        threshold=st.none() | st.none() | st.floats())
 def test_grpc_random_images_and_labels(channel, image, labels, top_k, threshold):
     """OK or INVALID_ARGUMENT only (never INTERNAL/UNKNOWN); the same oracle as REST;
-    non-finite thresholds and top_k < 1 are INVALID_ARGUMENT, as over REST."""
+    thresholds outside 0-1 (a probability: the test model is calibrated) or not finite and
+    top_k < 1 are INVALID_ARGUMENT, as over REST."""
     data, validity = image
     stub = pb_grpc.TaggerStub(channel)
     fields = {"top_k": top_k} if top_k is not None else {}
@@ -228,7 +229,7 @@ def test_grpc_random_images_and_labels(channel, image, labels, top_k, threshold)
     event(f"{validity} image: {code.name}")
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), code
     bad_option = (top_k is not None and top_k < 1) or (
-        threshold is not None and not math.isfinite(threshold))
+        threshold is not None and not (math.isfinite(threshold) and 0 <= threshold <= 1))
     if _certainly_invalid(labels) or validity == "invalid" or bad_option:
         assert code == grpc.StatusCode.INVALID_ARGUMENT
     elif validity == "valid" and _simple(labels):

@@ -8,11 +8,12 @@ import json
 import os
 import zlib
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_harness import error_of, tag_multipart
+from server_harness import AUTH, error_of, pb, tag_multipart
 
 from artifact.testing import image_bytes
 
@@ -82,14 +83,33 @@ def test_duplicates_removed_and_reported(http, png):
     assert body["duplicates_removed"] == ["Dog", "dog "]
 
 
-def test_top_k_and_threshold(http, png):
+def test_top_k_and_cut_offs(http, png):
     full = tag_multipart(http, png, LABELS).json()["tags"]
+    assert full[0]["probability"] is not None  # the test model is calibrated
     top = tag_multipart(http, png, LABELS, top_k=2).json()["tags"]
     assert top == full[:2]
-    key = "probability" if full[0]["probability"] is not None else "score"
-    cut = (full[1][key] + full[2][key]) / 2
-    kept = tag_multipart(http, png, LABELS, threshold=cut).json()["tags"]
-    assert kept == full[:2]
+    for field, key in (("min_probability", "probability"), ("min_score", "score"),
+                       ("threshold", "probability")):  # threshold: min_probability's old name
+        cut = (full[1][key] + full[2][key]) / 2
+        kept = tag_multipart(http, png, LABELS, **{field: cut}).json()["tags"]
+        assert kept == full[:2], field
+
+
+def test_probability_cut_offs_are_range_checked(http, png, stub):
+    """A probability cut-off outside 0-1 (e.g. 50 meant as a percentage) is a 422 naming the
+    field, over REST and gRPC, instead of an empty answer; so is mixing the old and new name."""
+    for fields, field in (({"min_probability": 50}, "min_probability"),
+                          ({"threshold": 50}, "threshold"), ({"min_probability": -0.1},
+                                                             "min_probability"),
+                          ({"threshold": 0.5, "min_score": 1}, "threshold")):
+        r = tag_multipart(http, png, LABELS, **fields)
+        assert r.status_code == 422, (fields, r.text)
+        assert r.json()["error"]["field"] == field
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Tag(pb.TagRequest(image=png, labels=LABELS, **fields), metadata=AUTH,
+                     timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+    assert tag_multipart(http, png, LABELS, min_score=50).json()["tags"] == []  # a raw score
 
 
 def test_label_cache_hits_and_label_gflops(http, png, manifest):

@@ -210,8 +210,10 @@ def test_scoring_is_max_over_groups_and_independent_per_label():
                 probabilities=Calibration(a=10.0, b=-5.0).probabilities(values))
     assert [(t.label, t.rank) for t in tags] == [("b", 1), ("c", 2)]
     assert tags[0].probability == pytest.approx(1 / (1 + np.exp(-4.0)))
-    assert [t.label for t in rank(np.array([0.1, 0.9, 0.5]), list("abc"), threshold=0.5)] == [
+    assert [t.label for t in rank(np.array([0.1, 0.9, 0.5]), list("abc"), min_score=0.5)] == [
         "b", "c"]
+    assert [t.label for t in rank(values, list("abc"), min_score=0.2, min_probability=0.6,
+                                  probabilities=np.array([0.9, 0.1, 0.7]))] == ["c"]
 
 
 def test_novelty_calibration_gives_far_labels_their_own_curve():
@@ -336,6 +338,42 @@ def test_a_failed_vocabulary_embedding_is_retried(model_dir, png, tmp_path):
                             data={"vocabulary": "streets"})
         assert again.status_code == 200, again.text
         assert {t["label"] for t in again.json()["tags"]} == {"zebra crossing", "lamp post"}
+
+
+def test_a_model_without_calibration_has_no_probability_cut_off(png, tmp_path):
+    """Without a calibration there are no probabilities: min_probability is refused naming
+    min_score, and the old `threshold` keeps meaning a raw score there."""
+
+    from artifact.testing import write_tiny_artifact
+    from service.errors import InvalidRequest
+    from service.pipeline import TagOptions
+    from service.pipeline.tagging import build_service
+    from service.settings import Settings
+
+    art = write_tiny_artifact(tmp_path / "uncalibrated")
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["calibration"] = None
+    (art / "manifest.json").write_text(json.dumps(manifest))
+
+    async def run() -> None:
+        service = build_service(Settings(model=art, vocab_dir=tmp_path, http_port=0,
+                                         grpc_port=0))
+        await service.start()
+        assert await service.wait_ready(30)
+        try:
+            with pytest.raises(InvalidRequest, match="min_score") as info:
+                await service.tag([png], ["dog", "cat"], options=TagOptions(min_probability=0.5))
+            assert info.value.field == "min_probability"
+            full = (await service.tag([png], ["dog", "cat"])).results[0].tags
+            cut = (full[0].score + full[1].score) / 2
+            for options in (TagOptions(threshold=cut), TagOptions(min_score=cut)):
+                kept = (await service.tag([png], ["dog", "cat"], options=options)).results[0]
+                assert [t.label for t in kept.tags] == [full[0].label]
+                assert kept.tags[0].probability is None
+        finally:
+            await service.close()
+
+    asyncio.run(run())
 
 
 def test_serve_help_states_each_default_once():
