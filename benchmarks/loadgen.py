@@ -335,7 +335,7 @@ def rest_request(target: str, image: bytes, names: list[str]) -> bytes:
 
     host = target.removeprefix("http://")
     body = httpx.Request("POST", target, files={"image": ("i.jpg", image)},
-                         data={"labels": json.dumps(names)})
+                         data={"labels_json": json.dumps(names)})
     payload = body.read()
     return (f"POST /v1/tag HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
             f"{body.headers['content-type']}\r\nContent-Length: {len(payload)}\r\n\r\n"

@@ -6,7 +6,7 @@ Label embeddings are cached per label list (`functools.lru_cache`), so the compa
 the service measures batching and request handling, not label encoding.
 
     python -m benchmarks.naive_server --model DIR --port 8010
-Accepts the service's multipart form (`image` file, `labels` JSON array) on POST /v1/tag.
+Accepts the service's multipart form (`image` file, `labels_json` JSON array) on POST /v1/tag.
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the endpoint annotations, which
@@ -44,9 +44,9 @@ def create_naive_app(model: str | Path):
         return {"status": "ok"}
 
     @app.post("/v1/tag")
-    def tag(image: UploadFile, labels: str = Form(...)) -> dict:
+    def tag(image: UploadFile, labels_json: str = Form(...)) -> dict:
         try:
-            names = tuple(json.loads(labels))
+            names = tuple(json.loads(labels_json))
             x = preprocess(decode_image(image.file.read(), target_size=spec.size), spec)
         except (ValueError, ImageDecodeError) as exc:
             raise HTTPException(422, str(exc)) from None

@@ -48,7 +48,7 @@ async def _load(client, images: list[bytes], concurrency: int, duration: float, 
             labels = fixed + [f"{tag} request {k} label {j}" for j in range(new)]
             t0 = time.perf_counter()
             reply = await client.post("/v1/tag", files={"image": ("i.jpg", images[k % 8])},
-                                      data={"labels": json.dumps(labels),
+                                      data={"labels_json": json.dumps(labels),
                                             "timeout_ms": str(deadline_ms)})
             latencies.append(time.perf_counter() - t0)
             statuses.append(reply.status_code)
@@ -74,7 +74,7 @@ async def _phases(url: str, args: argparse.Namespace) -> dict:
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         fixed = loadgen.labels(20 - args.new)
         await client.post("/v1/tag", files={"image": ("i.jpg", images[0])},
-                          data={"labels": json.dumps(fixed)})  # the fixed labels cached
+                          data={"labels_json": json.dumps(fixed)})  # the fixed labels cached
         out["quiet"] = await _load(client, images, args.concurrency, args.duration, args.new,
                                    args.deadline_ms, "quiet")
         print(f"quiet {out['quiet']}", flush=True)
@@ -101,7 +101,7 @@ async def _phases(url: str, args: argparse.Namespace) -> dict:
         before = _misses(url)
         replies = await asyncio.gather(*(
             client.post("/v1/tag", files={"image": ("i.jpg", images[k % 8])},
-                        data={"labels": json.dumps(labels)}) for k in range(10)))
+                        data={"labels_json": json.dumps(labels)}) for k in range(10)))
         out["single_flight"] = {"requests": 10, "new_labels": args.new,
                                 "answered_200": sum(r.status_code == 200 for r in replies),
                                 "labels_embedded": int(_misses(url) - before)}

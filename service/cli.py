@@ -122,7 +122,7 @@ def _tag_remote(args: argparse.Namespace, path: str, options: dict) -> dict:
     if args.vocabulary:
         data["vocabulary"] = args.vocabulary
     else:
-        data["labels"] = json.dumps(args.labels)
+        data["labels_json"] = json.dumps(args.labels)
     with open(path, "rb") as handle:
         response = httpx.post(f"{args.url.rstrip('/')}/v1/tag", data=data, headers=headers,
                               files={"image": (Path(path).name, handle)}, timeout=60)

@@ -105,17 +105,27 @@ def _b64(data: str, field: str) -> bytes:
         raise InvalidImage(f"image is not valid base64: {exc}", field=field) from None
 
 
-def _form_labels(values: list) -> list[str] | None:
+def _form_labels(values: list, arrays: list) -> list[str] | None:
+    """The multipart rule: each `labels` field is one label, exactly as sent (text that looks
+    like JSON included); or one `labels_json` field holds a JSON array of labels."""
+    if values and arrays:
+        raise InvalidRequest("send labels (one field per label) or labels_json (one JSON "
+                             "array), not both", field="labels_json")
+    if arrays:
+        if len(arrays) > 1 or not isinstance(arrays[0], str):
+            raise InvalidRequest("labels_json is one text field holding a JSON array",
+                                 field="labels_json")
+        try:
+            parsed = json.loads(arrays[0])
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"labels_json is not JSON: {exc}", field="labels_json") \
+                from None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise InvalidRequest("labels_json must be a JSON array of strings",
+                                 field="labels_json")
+        return parsed
     if not values:
         return None
-    if len(values) == 1 and isinstance(values[0], str) and values[0].lstrip().startswith("["):
-        try:
-            parsed = json.loads(values[0])
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"labels is not a JSON array: {exc}", field="labels") from None
-        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
-            raise InvalidRequest("labels must be a JSON array of strings", field="labels")
-        return parsed
     if not all(isinstance(v, str) for v in values):
         raise InvalidRequest("labels must be text fields, not files", field="labels")
     return values
@@ -169,13 +179,14 @@ async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[lis
     if not batch and len(files) > 1:
         raise InvalidRequest("one image per request here; use /v1/tag/batch for several",
                              field="image")
-    unknown = set(form) - {"image", "images", "labels", *_FORM_OPTIONS}
+    unknown = set(form) - {"image", "images", "labels", "labels_json", *_FORM_OPTIONS}
     if unknown:
         raise InvalidRequest(f"unknown form field(s): {', '.join(sorted(unknown))}",
                              field=sorted(unknown)[0])
     raw = {k: form[k] for k in _FORM_OPTIONS if k in form and form[k] != ""}
     try:
-        params = TagParams(labels=_form_labels(form.getlist("labels")), **raw)
+        params = TagParams(labels=_form_labels(form.getlist("labels"),
+                                               form.getlist("labels_json")), **raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     return [await f.read() for f in files], params  # type: ignore[union-attr]
@@ -189,7 +200,10 @@ def _tag_body_doc(model: type, batch: bool) -> dict:
         "properties": {
             **image,
             "labels": {"type": "array", "items": {"type": "string"},
-                       "description": "repeated fields, or one field holding a JSON array"},
+                       "description": "one field per label, each exactly as sent"},
+            "labels_json": {"type": "string",
+                            "description": "instead of labels: one field holding a JSON "
+                                           "array of labels"},
             "vocabulary": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1},
             "min_probability": {"type": "number", "minimum": 0, "maximum": 1},
             "min_score": {"type": "number"},

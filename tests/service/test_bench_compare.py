@@ -20,11 +20,11 @@ def test_naive_server_answers(model_dir: Path) -> None:
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
     with TestClient(app) as client:
         got = client.post("/v1/tag", files={"image": ("a.jpg", buffer.getvalue())},
-                          data={"labels": json.dumps(["red", "dog", "sky"])})
+                          data={"labels_json": json.dumps(["red", "dog", "sky"])})
         assert got.status_code == 200, got.text
         assert sorted(t["label"] for t in got.json()["tags"]) == ["dog", "red", "sky"]
         assert client.post("/v1/tag", files={"image": ("a.jpg", b"nope")},
-                           data={"labels": "[\"x\"]"}).status_code == 422
+                           data={"labels_json": "[\"x\"]"}).status_code == 422
 
 
 def test_goals_and_triton_request(tmp_path: Path) -> None:

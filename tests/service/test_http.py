@@ -55,7 +55,7 @@ def test_tag_multipart_response_shape(http, png, manifest):
 def test_labels_as_json_array_alias_and_json_body_agree(http, png):
     multipart = _scores(tag_multipart(http, png, LABELS))
     one_field = http.post("/tag", files={"image": ("x.png", png)},
-                          data={"labels": json.dumps(LABELS)})
+                          data={"labels_json": json.dumps(LABELS)})
     as_json = http.post("/v1/tag", json={"image": base64.b64encode(png).decode(),
                                          "labels": LABELS})
     data_url = http.post("/v1/tag", json={
@@ -287,8 +287,22 @@ def test_json_validation_errors_are_422_with_field(http, png, body, field):
 def test_multipart_option_validation(http, png):
     r = tag_multipart(http, png, ["dog"], top_k="many")
     assert r.status_code == 422 and error_of(r)["field"] == "top_k"
-    r = http.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": "[not json"})
-    assert r.status_code == 422 and error_of(r)["field"] == "labels"
+    r = http.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels_json": "[not json"})
+    assert r.status_code == 422 and error_of(r)["field"] == "labels_json"
+    r = http.post("/v1/tag", files={"image": ("x.png", png)},
+                  data={"labels_json": '{"a": 1}'})
+    assert r.status_code == 422 and "array of strings" in error_of(r)["message"]
+    r = http.post("/v1/tag", files={"image": ("x.png", png)},
+                  data={"labels": "dog", "labels_json": '["cat"]'})
+    assert r.status_code == 422 and error_of(r)["field"] == "labels_json"
+
+
+def test_multipart_labels_that_look_like_json_are_labels(http, png):
+    """Every `labels` field is one label exactly as sent, whatever it looks like."""
+    for sent in (["[draft] photo"], ['["a","b"]'], ["[1, 2]", "dog"], ["[", "]"]):
+        r = http.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": sent})
+        assert r.status_code == 200, (sent, r.text)
+        assert sorted(t["label"] for t in r.json()["tags"]) == sorted(sent)
 
 
 # --- protocol-level errors ---------------------------------------------------------------
