@@ -50,6 +50,18 @@ class LabelTokenizer:
         """Token counts (incl. special tokens)."""
         return [len(e.ids) for e in self._tok.encode_batch(texts)]
 
+    def unreadable(self, texts: list[str]) -> list[int]:
+        """Indices of texts the vocabulary cannot read: every token between [CLS] and [SEP]
+        is [UNK] (emoji, many non-Latin scripts), so all of them embed alike."""
+        unknown = self._tok.token_to_id("[UNK]")
+        special = {self._tok.token_to_id(t) for t in ("[CLS]", "[SEP]")} - {None}
+        out = []
+        for i, encoding in enumerate(self._tok.encode_batch(texts)):
+            words = [t for t in encoding.ids if t not in special]
+            if words and all(t == unknown for t in words):
+                out.append(i)
+        return out
+
     def check(self, texts: list[str]) -> None:
         """Raise TokenLimitExceeded naming the first text over the token limit."""
         for i, n in enumerate(self.count(texts)):

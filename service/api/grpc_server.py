@@ -89,7 +89,9 @@ def tag_response(outcome: TagOutcome, rid: str) -> pb.TagResponse:
         batch_size=result.batch_size,
         timings_ms=pb.Timings(**outcome.timings(0).model_dump()),
         gflops=pb.Gflops(**outcome.gflops().model_dump()),
-        duplicates_removed=outcome.duplicates_removed)
+        duplicates_removed=outcome.duplicates_removed,
+        warnings=[pb.LabelWarning(label=w.label, code=w.code, message=w.message)
+                  for w in outcome.warnings])
 
 
 class TaggerServicer(pb_grpc.TaggerServicer):

@@ -71,6 +71,17 @@ class TagOut(BaseModel):
         return cls(label=tag.label, score=tag.score, probability=tag.probability, rank=tag.rank)
 
 
+class LabelWarningOut(BaseModel):
+    label: str = Field(description="the caller's label text")
+    code: str = Field(description="e.g. `unknown_tokens`: the text model reads none of it")
+    message: str
+
+
+def _warnings(outcome: TagOutcome) -> list[LabelWarningOut]:
+    return [LabelWarningOut(label=w.label, code=w.code, message=w.message)
+            for w in outcome.warnings]
+
+
 class TagResponse(BaseModel):
     request_id: str
     model: ModelRef
@@ -80,6 +91,8 @@ class TagResponse(BaseModel):
     gflops: Gflops
     duplicates_removed: list[str] = Field(
         default_factory=list, description="labels dropped as duplicates of an earlier label")
+    warnings: list[LabelWarningOut] = Field(
+        default_factory=list, description="labels answered, but not as one may expect")
 
     @classmethod
     def of(cls, outcome: TagOutcome, request_id: str) -> TagResponse:
@@ -88,7 +101,7 @@ class TagResponse(BaseModel):
             request_id=request_id, model=outcome.model,
             tags=[TagOut.of(t) for t in result.tags], batch_size=result.batch_size,
             timings_ms=outcome.timings(0), gflops=outcome.gflops(),
-            duplicates_removed=outcome.duplicates_removed)
+            duplicates_removed=outcome.duplicates_removed, warnings=_warnings(outcome))
 
 
 class ImageTags(BaseModel):
@@ -105,6 +118,7 @@ class BatchTagResponse(BaseModel):
     timings_ms: BatchTimings
     gflops: Gflops
     duplicates_removed: list[str] = Field(default_factory=list)
+    warnings: list[LabelWarningOut] = Field(default_factory=list)
 
     @classmethod
     def of(cls, outcome: TagOutcome, request_id: str) -> BatchTagResponse:
@@ -114,7 +128,7 @@ class BatchTagResponse(BaseModel):
                                batch_size=r.batch_size, timings_ms=r.timings_ms)
                      for i, r in enumerate(outcome.results)],
             timings_ms=outcome.batch_timings(), gflops=outcome.gflops(),
-            duplicates_removed=outcome.duplicates_removed)
+            duplicates_removed=outcome.duplicates_removed, warnings=_warnings(outcome))
 
 
 class VocabularyIn(BaseModel):

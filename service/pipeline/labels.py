@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,12 +26,23 @@ VOCABULARY_CHUNK = 64
 
 
 @dataclass(frozen=True)
+class LabelWarning:
+    """A label that is answered, but not as the caller may expect."""
+
+    label: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class CleanLabels:
-    """A request's labels after validation: caller texts, cache keys, removed duplicates."""
+    """A request's labels after validation: caller texts, cache keys, removed duplicates,
+    and warnings about labels kept."""
 
     texts: list[str]
     keys: list[str]
     duplicates: list[str]
+    warnings: list[LabelWarning] = field(default_factory=list)
 
 
 def clean_labels(labels: list[str], normalize, *, max_labels: int, max_chars: int,

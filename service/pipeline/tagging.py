@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -36,6 +36,7 @@ from service.pipeline.labels import (
     CleanLabels,
     LabelCache,
     LabelScheduler,
+    LabelWarning,
     clean_labels,
 )
 from service.pipeline.scoring import Tag, rank, score
@@ -86,6 +87,7 @@ class TagOutcome:
     model: ModelRef
     results: list[ImageResult]
     duplicates_removed: list[str]
+    warnings: list[LabelWarning]
     labels_ms: float
     labels_gflops: float
     total_ms: float = 0.0
@@ -268,10 +270,19 @@ class TaggingService:
     # --- tagging ---------------------------------------------------------------------------
     def clean(self, labels: list[str], *, limit: int | None = None,
               field: str = "labels") -> CleanLabels:
-        """Validate and de-duplicate a label list (limits from the settings)."""
-        return clean_labels(labels, self.engine.tokenizer.normalize,
-                            max_labels=limit or self.settings.max_labels,
-                            max_chars=self.settings.max_label_chars, field=field)
+        """Validate and de-duplicate a label list (limits from the settings); labels the
+        tokenizer cannot read are kept, with a warning each."""
+        clean = clean_labels(labels, self.engine.tokenizer.normalize,
+                             max_labels=limit or self.settings.max_labels,
+                             max_chars=self.settings.max_label_chars, field=field)
+        unreadable = self.engine.tokenizer.unreadable(clean.texts)
+        if not unreadable:
+            return clean
+        return replace(clean, warnings=[LabelWarning(
+            clean.texts[i], "unknown_tokens",
+            "the text model's vocabulary knows none of this label's words or characters "
+            "(e.g. emoji, or a script it was not trained on): it is scored like any other "
+            "unreadable label, so its score and rank carry no meaning") for i in unreadable])
 
     async def tag(self, images: list[bytes], labels: list[str] | None = None,
                   vocabulary: str | None = None, options: TagOptions = TagOptions()) -> TagOutcome:
@@ -353,7 +364,8 @@ class TaggingService:
         ]
         return TagOutcome(
             model=ModelRef(name=m.name, version=m.version), results=results,
-            duplicates_removed=clean.duplicates, labels_ms=_ms(labels_s),
+            duplicates_removed=clean.duplicates, warnings=clean.warnings,
+            labels_ms=_ms(labels_s),
             labels_gflops=m.gflops.label * misses, cache_misses=misses)
 
     def _cut_offs(self, options: TagOptions) -> tuple[float | None, float | None]:

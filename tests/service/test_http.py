@@ -498,3 +498,26 @@ def test_multi_picture_jpeg_takes_the_jpeg_fast_path(http):
     full = Image.open(io.BytesIO(encoded["MPO"]))
     full.load()  # no draft: the full 640 x 480 frame
     assert decode_image(encoded["MPO"], target_size=32).width < full.width
+
+
+def test_unreadable_labels_are_answered_with_a_warning(http, png, stub):
+    """A label the text model reads as nothing but [UNK] is answered (ranked like the
+    others) with a per-label warning, over REST (single, batch, vocabulary) and gRPC."""
+    labels = ["dog", "🐶🐱", "🐶 dog"]
+    r = tag_multipart(http, png, labels)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert sorted(t["label"] for t in body["tags"]) == sorted(labels)
+    assert [(w["label"], w["code"]) for w in body["warnings"]] == [("🐶🐱", "unknown_tokens")]
+    assert "vocabulary" in body["warnings"][0]["message"]
+    batch = http.post("/v1/tag/batch", json={"images": [base64.b64encode(png).decode()] * 2,
+                                             "labels": labels})
+    assert [w["label"] for w in batch.json()["warnings"]] == ["🐶🐱"]
+    assert http.put("/v1/vocabularies/emoji-mix", json={"labels": labels}).status_code in (200,
+                                                                                           201)
+    by_name = http.post("/v1/tag", files={"image": ("x.png", png)},
+                        data={"vocabulary": "emoji-mix"})
+    assert [w["label"] for w in by_name.json()["warnings"]] == ["🐶🐱"]
+    reply = stub.Tag(pb.TagRequest(image=png, labels=labels), metadata=AUTH, timeout=30)
+    assert [(w.label, w.code) for w in reply.warnings] == [("🐶🐱", "unknown_tokens")]
+    assert tag_multipart(http, png, ["dog"]).json()["warnings"] == []
