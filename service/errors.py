@@ -73,6 +73,12 @@ class Conflict(ServiceError):
     code, http_status, grpc_status = "conflict", 409, "FAILED_PRECONDITION"
 
 
+class VectorsMismatch(Conflict):
+    """Stored vectors of another model, version or precision variant."""
+
+    code = "vectors_mismatch"
+
+
 class QueueFull(ServiceError):
     code, http_status, grpc_status = "queue_full", 429, "RESOURCE_EXHAUSTED"
 

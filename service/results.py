@@ -51,6 +51,16 @@ class ModelRef(BaseModel):
     version: str
 
 
+class VectorsRef(ModelRef):
+    """Whose vectors these are: the model and the precision variant of its visual graph."""
+
+    precision: str = Field(description="the visual graph's precision variant, e.g. fp32")
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version} ({self.precision})"
+
+
 # Stages with a `ml2p_stage_duration_seconds` series: every timed stage but the queue wait
 # (`ml2p_queue_duration_seconds`) and the request total (`ml2p_request_duration_seconds`).
 METRIC_STAGES = tuple(name for name in Timings.model_fields if name not in ("queue", "total"))

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body (413)")
     max_pixels: int = Field(50_000_000, ge=1, description="declared image pixels (413)")
     max_images: int = Field(32, ge=1, description="images per batch request (422)")
+    max_score_vectors: int = Field(2048, ge=1,
+                                   description="stored vector sets per /v1/score request (422)")
     max_labels: int = Field(1000, ge=1, description="labels per request (422)")
     max_label_chars: int = Field(200, ge=1, description="characters per label (422)")
     max_vocabulary_labels: int = Field(20000, ge=1, description="labels per vocabulary (422)")

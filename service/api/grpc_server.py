@@ -23,9 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from service import logs
 from service.api.common import bearer_token, check_api_key, request_id
+from service.api.vectors import DTYPES, read_vectors, vector_bytes
 from service.errors import InvalidRequest, QueueFull, ServiceError
 from service.pipeline import State, TaggingService, TagOptions, TagOutcome
 from service.protos import load
+from service.results import VectorsRef
 
 pb, pb_grpc = load()
 log = logging.getLogger("ml2p.grpc")
@@ -80,18 +82,24 @@ def _add_tagger(servicer: TaggerServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+def _tags(tags: list) -> list[pb.Tag]:
+    return [pb.Tag(label=x.label, score=x.score, rank=x.rank, probability=x.probability)
+            for x in tags]
+
+
+def _warnings(outcome: TagOutcome) -> list[pb.LabelWarning]:
+    return [pb.LabelWarning(label=w.label, code=w.code, message=w.message)
+            for w in outcome.warnings]
+
+
 def tag_response(outcome: TagOutcome, rid: str) -> pb.TagResponse:
     result = outcome.results[0]
     return pb.TagResponse(
         request_id=rid, model_name=outcome.model.name, model_version=outcome.model.version,
-        tags=[pb.Tag(label=x.label, score=x.score, rank=x.rank, probability=x.probability)
-              for x in result.tags],
-        batch_size=result.batch_size,
+        tags=_tags(result.tags), batch_size=result.batch_size,
         timings_ms=pb.Timings(**outcome.timings(0).model_dump()),
         gflops=pb.Gflops(**outcome.gflops().model_dump()),
-        duplicates_removed=outcome.duplicates_removed,
-        warnings=[pb.LabelWarning(label=w.label, code=w.code, message=w.message)
-                  for w in outcome.warnings])
+        duplicates_removed=outcome.duplicates_removed, warnings=_warnings(outcome))
 
 
 class TaggerServicer(pb_grpc.TaggerServicer):
@@ -145,14 +153,16 @@ class TaggerServicer(pb_grpc.TaggerServicer):
         log.info("request", extra={"protocol": "grpc", "method": method, "status": status,
                                    "duration_ms": round(took * 1000, 3)})
 
-    def _options(self, request: pb.TagRequest, context: grpc.aio.ServicerContext) -> TagOptions:
+    def _options(self, request, context: grpc.aio.ServicerContext) -> TagOptions:  # noqa: ANN001
+        """A TagRequest's or ScoreRequest's options (ScoreRequest has no deprecated threshold)."""
+        def given(name: str) -> float | int | None:
+            fields = request.DESCRIPTOR.fields_by_name
+            return getattr(request, name) if name in fields and request.HasField(name) else None
+
         remaining = context.time_remaining()
         return TagOptions(
-            top_k=request.top_k if request.HasField("top_k") else None,
-            min_probability=(request.min_probability if request.HasField("min_probability")
-                             else None),
-            min_score=request.min_score if request.HasField("min_score") else None,
-            threshold=request.threshold if request.HasField("threshold") else None,
+            top_k=given("top_k"), min_probability=given("min_probability"),
+            min_score=given("min_score"), threshold=given("threshold"),
             timeout_s=remaining if remaining is not None and remaining > 0 else None)
 
     async def _tag(self, request: pb.TagRequest, rid: str,
@@ -216,6 +226,48 @@ class TaggerServicer(pb_grpc.TaggerServicer):
                 if leftover is not None:
                     leftover.cancel()
             self._record("TagStream", status, start)
+
+    async def Embed(self, request, context):  # noqa: N802
+        async def handler(rid: str) -> pb.EmbedResponse:
+            dtype = request.dtype or "float16"
+            if dtype not in DTYPES:
+                raise InvalidRequest(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}",
+                                     field="dtype")
+            remaining = context.time_remaining()
+            outcome = await self.service.embed(list(request.images), TagOptions(
+                timeout_s=remaining if remaining is not None and remaining > 0 else None))
+            ref = outcome.vectors_model
+            embeddings = []
+            for vectors in outcome.vectors:
+                shape, data = vector_bytes(vectors, dtype)
+                embeddings.append(pb.Embedding(shape=shape, dtype=dtype, data=data))
+            return pb.EmbedResponse(
+                request_id=rid, model=pb.VectorsModel(name=ref.name, version=ref.version,
+                                                      precision=ref.precision),
+                embeddings=embeddings,
+                timings_ms=pb.Timings(**outcome.timings(0).model_dump()),
+                gflops=pb.Gflops(**outcome.gflops().model_dump()))
+        return await self._unary("Embed", context, handler, given_id=request.request_id,
+                                 request=request)
+
+    async def Score(self, request, context):  # noqa: N802
+        async def handler(rid: str) -> pb.ScoreResponse:
+            vectors = read_vectors([(list(e.shape), e.dtype, e.data)
+                                    for e in request.embeddings])
+            model = VectorsRef(name=request.model.name, version=request.model.version,
+                               precision=request.model.precision)
+            outcome = await self.service.score(
+                vectors, model, list(request.labels) or None, request.vocabulary or None,
+                self._options(request, context))
+            return pb.ScoreResponse(
+                request_id=rid, model_name=outcome.model.name,
+                model_version=outcome.model.version,
+                results=[pb.ScoredImage(index=i, tags=_tags(r.tags))
+                         for i, r in enumerate(outcome.results)],
+                gflops=pb.Gflops(**outcome.gflops().model_dump()),
+                duplicates_removed=outcome.duplicates_removed, warnings=_warnings(outcome))
+        return await self._unary("Score", context, handler, given_id=request.request_id,
+                                 request=request)
 
     async def ListModels(self, request, context):  # noqa: N802
         async def handler(rid: str) -> pb.ListModelsResponse:

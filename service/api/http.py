@@ -25,10 +25,15 @@ from service.api.middleware import RequestContext, error_response
 from service.api.schemas import (
     BatchJSONRequest,
     BatchTagResponse,
+    EmbeddingOut,
+    EmbedJSONRequest,
+    EmbedParams,
+    EmbedResponse,
     ErrorBody,
     Health,
     ModelInfo,
     ModelList,
+    ScoreRequest,
     TagJSONRequest,
     TagParams,
     TagResponse,
@@ -36,6 +41,7 @@ from service.api.schemas import (
     VocabularyList,
     VocabularyOut,
 )
+from service.api.vectors import read_vectors, vector_bytes
 from service.errors import (
     InvalidImage,
     InvalidRequest,
@@ -151,12 +157,33 @@ async def _read_form(request: Request, settings: Settings):  # noqa: ANN202 - Fo
         raise
 
 
-async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[list[bytes],
-                                                                            TagParams]:
-    """JSON (base64 images) or multipart (image files) -> (image bytes, params)."""
+def _form_options(form, options: tuple[str, ...], also: tuple[str, ...] = ()) -> dict:  # noqa: ANN001
+    """The non-empty option fields of a form; a field neither an image, an option nor in
+    `also` is refused (nothing the caller sent is silently dropped)."""
+    unknown = set(form) - {"image", "images", *options, *also}
+    if unknown:
+        raise InvalidRequest(f"unknown form field(s): {', '.join(sorted(unknown))}",
+                             field=sorted(unknown)[0])
+    return {k: form[k] for k in options if k in form and form[k] != ""}
+
+
+def _tag_form(form) -> TagParams:  # noqa: ANN001
+    raw = _form_options(form, _FORM_OPTIONS, also=("labels", "labels_json"))
+    return TagParams(labels=_form_labels(form.getlist("labels"), form.getlist("labels_json")),
+                     **raw)
+
+
+def _embed_form(form) -> EmbedParams:  # noqa: ANN001
+    return EmbedParams(**_form_options(form, ("dtype", "timeout_ms")))
+
+
+async def _parse(request: Request, settings: Settings, batch: bool, json_model: type = None,
+                 form_params=_tag_form) -> tuple[list[bytes], TagParams]:  # noqa: ANN001
+    """JSON (base64 images) or multipart (image files) -> (image bytes, params): the JSON
+    body itself (`json_model`, by default the tag request's) or `form_params(form)`."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
-        model = BatchJSONRequest if batch else TagJSONRequest
+        model = json_model or (BatchJSONRequest if batch else TagJSONRequest)
         try:
             body = model.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -164,7 +191,7 @@ async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[lis
         sources = body.images if batch else [body.image]  # type: ignore[union-attr]
         field = "images[{}]" if batch else "image"
         images = [_b64(s, field.format(i)) for i, s in enumerate(sources)]
-        return images, TagParams(**body.model_dump(include=set(TagParams.model_fields)))
+        return images, body
     if media != "multipart/form-data":
         raise UnsupportedMediaType(
             f"content type {media or 'missing'!r}: send multipart/form-data (image file + "
@@ -179,14 +206,8 @@ async def _parse(request: Request, settings: Settings, batch: bool) -> tuple[lis
     if not batch and len(files) > 1:
         raise InvalidRequest("one image per request here; use /v1/tag/batch for several",
                              field="image")
-    unknown = set(form) - {"image", "images", "labels", "labels_json", *_FORM_OPTIONS}
-    if unknown:
-        raise InvalidRequest(f"unknown form field(s): {', '.join(sorted(unknown))}",
-                             field=sorted(unknown)[0])
-    raw = {k: form[k] for k in _FORM_OPTIONS if k in form and form[k] != ""}
     try:
-        params = TagParams(labels=_form_labels(form.getlist("labels"),
-                                               form.getlist("labels_json")), **raw)
+        params = form_params(form)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     return [await f.read() for f in files], params  # type: ignore[union-attr]
@@ -214,6 +235,17 @@ def _tag_body_doc(model: type, batch: bool) -> dict:
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": form},
         "application/json": {"schema": model.model_json_schema()},
+    }}}
+
+
+def _embed_body_doc() -> dict:
+    form = {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "dtype": {"type": "string", "enum": ["float16", "float32"]},
+        "timeout_ms": {"type": "number", "exclusiveMinimum": 0}}}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": EmbedJSONRequest.model_json_schema()},
     }}}
 
 
@@ -319,6 +351,42 @@ def _add_routes(app: FastAPI) -> None:
         """Tag several images against one label list."""
         images, params = await _parse(request, service.settings, batch=True)
         outcome = await service.tag(images, params.labels, params.vocabulary, _options(params))
+        return _json(BatchTagResponse.of(outcome, request.state.request_id))
+
+    @app.post("/v1/embed", dependencies=auth, response_model=EmbedResponse,
+              responses=_TAG_ERRORS, tags=["vectors"],
+              openapi_extra=_embed_body_doc())
+    async def embed(request: Request, service: Service) -> Response:
+        """The images' G×D vectors, to keep and re-score later with `/v1/score` (any labels,
+        no image work): multipart (`image` / `images` files) or JSON (base64 `images`)."""
+        images, params = await _parse(request, service.settings, batch=True,
+                                      json_model=EmbedJSONRequest, form_params=_embed_form)
+        outcome = await service.embed(images, TagOptions(
+            timeout_s=params.timeout_ms / 1000.0 if params.timeout_ms else None))
+        embeddings = []
+        for i, (vectors, result) in enumerate(zip(outcome.vectors, outcome.results,
+                                                  strict=True)):
+            shape, data = vector_bytes(vectors, params.dtype)
+            embeddings.append(EmbeddingOut(
+                index=i, shape=shape, dtype=params.dtype,
+                data=base64.b64encode(data).decode(), batch_size=result.batch_size,
+                timings_ms=result.timings_ms))
+        return _json(EmbedResponse(request_id=request.state.request_id,
+                                   model=outcome.vectors_model, embeddings=embeddings,
+                                   timings_ms=outcome.batch_timings(),
+                                   gflops=outcome.gflops()))
+
+    @app.post("/v1/score", dependencies=auth, response_model=BatchTagResponse,
+              responses={**_TAG_ERRORS, 409: {"model": ErrorBody, "description":
+                                              "vectors of another model, version or "
+                                              "precision variant"}}, tags=["vectors"])
+    async def score_vectors(body: ScoreRequest, request: Request, service: Service) -> Response:
+        """Stored vectors (from `/v1/embed`) against labels or a vocabulary: the same ranked
+        tags, probabilities and options as `/v1/tag` on the images they came from."""
+        vectors = read_vectors([(e.shape, e.dtype, _b64(e.data, f"embeddings[{i}].data"))
+                                for i, e in enumerate(body.embeddings)])
+        outcome = await service.score(vectors, body.model, body.labels, body.vocabulary,
+                                      _options(body))
         return _json(BatchTagResponse.of(outcome, request.state.request_id))
 
     def vocab_out(service: TaggingService, name: str, duplicates: list[str] = ()) -> dict:

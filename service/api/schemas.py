@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.pipeline import TagOutcome
 from service.pipeline.scoring import Tag
-from service.results import BatchTimings, Gflops, ImageTimings, ModelRef, Timings
+from service.results import BatchTimings, Gflops, ImageTimings, ModelRef, Timings, VectorsRef
 
 
 class ErrorDetail(BaseModel):
@@ -129,6 +129,55 @@ class BatchTagResponse(BaseModel):
                      for i, r in enumerate(outcome.results)],
             timings_ms=outcome.batch_timings(), gflops=outcome.gflops(),
             duplicates_removed=outcome.duplicates_removed, warnings=_warnings(outcome))
+
+
+class EmbedParams(BaseModel):
+    """Options of `POST /v1/embed`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="element type of the returned vectors (little-endian)")
+    timeout_ms: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="deadline for this request (capped by the server's)")
+
+
+class EmbedJSONRequest(EmbedParams):
+    """`POST /v1/embed` as JSON."""
+
+    images: list[str] = Field(min_length=1, description="image files, base64")
+
+
+class Embedding(BaseModel):
+    """One image's G×D vectors: shape, element type and base64 of the little-endian array."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shape: list[int] = Field(min_length=2, max_length=2, description="[G, D]")
+    dtype: Literal["float16", "float32"]
+    data: str = Field(description="base64 of the little-endian array, row-major")
+
+
+class EmbeddingOut(Embedding):
+    index: int
+    batch_size: int
+    timings_ms: ImageTimings
+
+
+class EmbedResponse(BaseModel):
+    request_id: str
+    model: VectorsRef = Field(description="send it back with the vectors to /v1/score")
+    embeddings: list[EmbeddingOut]
+    timings_ms: BatchTimings
+    gflops: Gflops
+
+
+class ScoreRequest(TagParams):
+    """`POST /v1/score`: vectors from `/v1/embed` against labels or a vocabulary."""
+
+    model: VectorsRef = Field(description="the `model` /v1/embed returned with the vectors")
+    embeddings: list[Embedding] = Field(min_length=1)
 
 
 class VocabularyIn(BaseModel):

@@ -28,6 +28,7 @@ from service.errors import (
     InvalidRequest,
     QueueFull,
     Unavailable,
+    VectorsMismatch,
 )
 from service.metrics import Metrics
 from service.pipeline.batcher import DynamicBatcher
@@ -48,6 +49,7 @@ from service.results import (
     ImageTimings,
     ModelRef,
     Timings,
+    VectorsRef,
 )
 from service.runtime import create_engine
 from service.runtime.base import Engine
@@ -107,6 +109,14 @@ class TagOutcome:
         scoring = sum(r.gflops.scoring for r in self.results)
         return Gflops(image=image, labels=self.labels_gflops, scoring=scoring,
                       total=image + scoring + self.labels_gflops)
+
+
+@dataclass
+class EmbedOutcome(TagOutcome):
+    """`embed`'s answer: per image its timings and GFLOPs (no tags), and the vectors."""
+
+    vectors: np.ndarray | None = None  # [N, G, D] float32
+    vectors_model: VectorsRef | None = None
 
 
 async def _timed(work):
@@ -287,34 +297,64 @@ class TaggingService:
     async def tag(self, images: list[bytes], labels: list[str] | None = None,
                   vocabulary: str | None = None, options: TagOptions = TagOptions()) -> TagOutcome:
         """Tag images against caller labels or a stored vocabulary."""
+        return await self._admitted(len(images), options, lambda deadline: self._tag(
+            images, labels, vocabulary, options, deadline))
+
+    async def embed(self, images: list[bytes], options: TagOptions = TagOptions()
+                    ) -> EmbedOutcome:
+        """The images' G×D vectors (what `score` re-ranks later against any labels)."""
+        return await self._admitted(len(images), options, lambda deadline: self._embed(
+            images, deadline))
+
+    async def score(self, vectors: np.ndarray, model: VectorsRef, labels: list[str] | None = None,
+                    vocabulary: str | None = None, options: TagOptions = TagOptions()
+                    ) -> TagOutcome:
+        """Stored vectors [N, G, D] from `embed` against labels, exactly as `tag` would rank
+        the images they came from; vectors of another model, version or precision variant
+        are refused (409)."""
+        return await self._admitted(0, options, lambda deadline: self._score(
+            vectors, model, labels, vocabulary, options))
+
+    @property
+    def vectors_ref(self) -> VectorsRef:
+        """The identity of the vectors this server computes."""
+        m = self.manifest
+        return VectorsRef(name=m.name, version=m.version,
+                          precision=self.engine.vectors_precision)
+
+    async def _admitted(self, images: int, options: TagOptions, work):  # noqa: ANN001, ANN202
+        """Run `work(deadline)` as one admitted request under its deadline."""
         start = time.perf_counter()
-        self._enter(len(images))
+        self._enter(images)
         try:
             timeout = min(options.timeout_s or self.settings.request_timeout_s,
                           self.settings.request_timeout_s)
             try:
                 async with asyncio.timeout(timeout):
-                    outcome = await self._tag(images, labels, vocabulary, options,
-                                              start + timeout)
+                    outcome = await work(start + timeout)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"request did not finish within its deadline of {timeout:g}s") from None
         finally:
-            self._exit(len(images))
+            self._exit(images)
         outcome.total_ms = _ms(time.perf_counter() - start)
         self.metrics.gflops.inc(outcome.gflops().total)
         return outcome
 
-    async def _tag(self, images: list[bytes], labels: list[str] | None, vocabulary: str | None,
-                   options: TagOptions, deadline: float) -> TagOutcome:
+    def _check_images(self, images: list[bytes]) -> None:
         if not images:
             raise InvalidRequest("no image in the request", field="image")
         if len(images) > self.settings.max_images:
             raise InvalidRequest(f"{len(images)} images, over the limit of "
                                  f"{self.settings.max_images}", field="images")
+
+    def _label_work(self, labels: list[str] | None, vocabulary: str | None, options: TagOptions
+                    ) -> tuple[CleanLabels, asyncio.Future, tuple[float | None, float | None]]:
+        """Checked options and labels; their embedding started (a future of ((matrix, misses),
+        seconds)); the cut-offs."""
         if options.top_k is not None and options.top_k < 1:
             raise InvalidRequest("top_k must be at least 1", field="top_k")
-        min_probability, min_score = self._cut_offs(options)
+        cut_offs = self._cut_offs(options)
         if (labels is None) == (vocabulary is None):
             raise InvalidRequest("send either labels or a vocabulary name (exactly one)",
                                  field="labels")
@@ -325,19 +365,20 @@ class TaggingService:
             vocab = self.vocabularies.get(vocabulary)  # type: ignore[arg-type]
             clean = self._vocab_clean(vocab)
             label_work = self._vocab_embeddings(vocab)
-        label_task = asyncio.ensure_future(_timed(label_work))
-        try:
-            prepared = await asyncio.gather(*(self._prepare(data, i)
-                                              for i, data in enumerate(images)))
-            assert self.batcher is not None
-            outputs = await self.batcher.submit([p[0] for p in prepared], deadline)
-            (matrix, misses), labels_s = await label_task
-        finally:
-            if not label_task.done():
-                label_task.cancel()
-            elif not label_task.cancelled():
-                label_task.exception()  # retrieved: a label error after an image error
-        groups = np.stack([o.output for o in outputs])
+        return clean, asyncio.ensure_future(_timed(label_work)), cut_offs
+
+    async def _encode_images(self, images: list[bytes], deadline: float) -> tuple[list, list]:
+        """Decode, preprocess and batch the images: (prepared, batcher outputs)."""
+        prepared = await asyncio.gather(*(self._prepare(data, i)
+                                          for i, data in enumerate(images)))
+        assert self.batcher is not None
+        return prepared, await self.batcher.submit([p[0] for p in prepared], deadline)
+
+    async def _ranked(self, groups: np.ndarray, matrix: np.ndarray, clean: CleanLabels,
+                      options: TagOptions, cut_offs: tuple[float | None, float | None]
+                      ) -> tuple[list[list[Tag]], float]:
+        """Scores of groups [B, G, D] against label vectors, ranked per image; seconds per
+        image spent."""
         scoring_start = time.perf_counter()
         if groups.size * len(matrix) > _OFFLOAD_MACS:
             scores = await asyncio.get_running_loop().run_in_executor(
@@ -345,11 +386,27 @@ class TaggingService:
         else:
             scores = score(groups, matrix)
         probabilities = self.probabilities(scores, matrix)
+        min_probability, min_score = cut_offs
         tag_lists = [rank(row, clean.texts, top_k=options.top_k, min_score=min_score,
                           min_probability=min_probability,
                           probabilities=None if probabilities is None else probabilities[i])
                      for i, row in enumerate(scores)]
-        scoring_s = (time.perf_counter() - scoring_start) / len(images)
+        return tag_lists, (time.perf_counter() - scoring_start) / max(len(groups), 1)
+
+    async def _tag(self, images: list[bytes], labels: list[str] | None, vocabulary: str | None,
+                   options: TagOptions, deadline: float) -> TagOutcome:
+        self._check_images(images)
+        clean, label_task, cut_offs = self._label_work(labels, vocabulary, options)
+        try:
+            prepared, outputs = await self._encode_images(images, deadline)
+            (matrix, misses), labels_s = await label_task
+        finally:
+            if not label_task.done():
+                label_task.cancel()
+            elif not label_task.cancelled():
+                label_task.exception()  # retrieved: a label error after an image error
+        groups = np.stack([o.output for o in outputs])
+        tag_lists, scoring_s = await self._ranked(groups, matrix, clean, options, cut_offs)
         self._observe(labels=labels_s, scoring=scoring_s * len(images))
         m = self.manifest
         per_image_scoring = scoring_gflops(m.groups, m.dim, len(clean.texts))
@@ -367,6 +424,59 @@ class TaggingService:
             duplicates_removed=clean.duplicates, warnings=clean.warnings,
             labels_ms=_ms(labels_s),
             labels_gflops=m.gflops.label * misses, cache_misses=misses)
+
+    async def _embed(self, images: list[bytes], deadline: float) -> EmbedOutcome:
+        self._check_images(images)
+        prepared, outputs = await self._encode_images(images, deadline)
+        m = self.manifest
+        return EmbedOutcome(model=ModelRef(name=m.name, version=m.version),
+                            duplicates_removed=[], warnings=[], labels_ms=0.0,
+                            labels_gflops=0.0, vectors_model=self.vectors_ref,
+                            vectors=np.stack([o.output for o in outputs]),
+                            results=[ImageResult(
+                                tags=[], batch_size=out.batch_size,
+                                timings_ms=ImageTimings(decode=_ms(pre[1]),
+                                                        preprocess=_ms(pre[2]),
+                                                        queue=_ms(out.queue_s),
+                                                        inference=_ms(out.inference_s),
+                                                        scoring=0.0),
+                                gflops=ImageGflops(image=m.gflops.image, scoring=0.0))
+                                for pre, out in zip(prepared, outputs, strict=True)])
+
+    async def _score(self, vectors: np.ndarray, model: VectorsRef, labels: list[str] | None,
+                     vocabulary: str | None, options: TagOptions) -> TagOutcome:
+        ours = self.vectors_ref
+        if model != ours:
+            raise VectorsMismatch(
+                f"the vectors are of {model.key}, this server computes {ours.key}: embed the "
+                f"images again with this model (vectors of another model, version or "
+                f"precision variant rank differently)", field="model")
+        m = self.manifest
+        if vectors.ndim != 3 or vectors.shape[1:] != (m.groups, m.dim) or not len(vectors):
+            raise InvalidRequest(f"vectors of shape {list(vectors.shape)}: expected [N, "
+                                 f"{m.groups}, {m.dim}] (N >= 1) for {ours.key}",
+                                 field="embeddings")
+        if len(vectors) > self.settings.max_score_vectors:
+            raise InvalidRequest(f"{len(vectors)} vector sets, over the limit of "
+                                 f"{self.settings.max_score_vectors}", field="embeddings")
+        if not np.isfinite(vectors).all():
+            raise InvalidRequest("the vectors hold NaN or infinite values", field="embeddings")
+        clean, label_task, cut_offs = self._label_work(labels, vocabulary, options)
+        (matrix, misses), labels_s = await label_task
+        groups = vectors.astype(np.float32, copy=False)
+        tag_lists, scoring_s = await self._ranked(groups, matrix, clean, options, cut_offs)
+        self._observe(labels=labels_s, scoring=scoring_s * len(groups))
+        per_image_scoring = scoring_gflops(m.groups, m.dim, len(clean.texts))
+        results = [ImageResult(tags=tags, batch_size=len(groups),
+                               timings_ms=ImageTimings(decode=0.0, preprocess=0.0, queue=0.0,
+                                                       inference=0.0, scoring=_ms(scoring_s)),
+                               gflops=ImageGflops(image=0.0, scoring=per_image_scoring))
+                   for tags in tag_lists]
+        return TagOutcome(
+            model=ModelRef(name=m.name, version=m.version), results=results,
+            duplicates_removed=clean.duplicates, warnings=clean.warnings,
+            labels_ms=_ms(labels_s), labels_gflops=m.gflops.label * misses,
+            cache_misses=misses)
 
     def _cut_offs(self, options: TagOptions) -> tuple[float | None, float | None]:
         """(min_probability, min_score), checked: a probability lies in 0-1 and needs a

@@ -29,6 +29,9 @@ class Engine(ABC):
     """Runs an artifact's two graphs. Thread-safe: the batcher calls it from worker threads."""
 
     name: str = "abstract"
+    # the precision of the visual graph served: part of the identity of the vectors it
+    # returns (`/v1/embed`), so that vectors of another variant are refused by `/v1/score`
+    vectors_precision: str = "fp32"
 
     def __init__(self, artifact: Artifact, settings: Settings) -> None:
         self.artifact = artifact

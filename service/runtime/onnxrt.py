@@ -101,6 +101,7 @@ class OnnxRuntimeEngine(Engine):
                                          "1" if settings.intra_op_spinning else "0")
         self.precision = choose_precision(artifact, settings.precision,
                                           cpu=settings.engine == "onnxruntime-cpu")
+        self.vectors_precision = self.precision.served
         self.visual = self._session(artifact, "visual", options,
                                     artifact.path / self.precision.file)
         self.text = self._session(artifact, "text", options)

@@ -66,6 +66,7 @@ class TorchEngine(Engine):
         fp16 = (bool(settings.fp16) or settings.precision == "fp16") \
             and self.device.type == "cuda"  # CPU half is slow/partial
         self.visual = VisualRunner(tagger, str(self.device), fp16=fp16, cuda_graphs=cuda_graphs)
+        self.vectors_precision = "fp16" if fp16 else "fp32"
         self.text = TextRunner(text_module_for(tagger), str(self.device))
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
