@@ -74,10 +74,11 @@ async def serve(settings: Settings, service: TaggingService | None = None) -> in
         config = uvicorn.Config(
             create_app(service), host=settings.host, port=settings.http_port, log_config=None,
             access_log=False, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout_s,
-            timeout_keep_alive=5)
+            timeout_keep_alive=5, **settings.uvicorn_tls())
         http_server = _UvicornServer(config)
         http_task = loop.create_task(http_server.serve(sockets=[sock]))
-        log.info("HTTP listening", extra={"host": settings.host, "port": settings.http_port})
+        log.info("HTTP listening", extra={"host": settings.host, "port": settings.http_port,
+                                          "tls": settings.tls_cert is not None})
 
     stop_task = loop.create_task(stop.wait())
     waiting = {stop_task} | ({http_task} if http_task else set())

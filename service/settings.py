@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineName = Literal["onnxruntime-cpu", "onnxruntime-gpu", "torch"]
@@ -120,6 +120,11 @@ class Settings(BaseSettings):
 
     # --- operations -----------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="Bearer key for tag/vocabulary/models")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve REST and "
+                                                    "gRPC over TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client "
+                                                         "certificates signed by it (mutual TLS)")
     drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: wait for in-flight work")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field(
@@ -165,6 +170,40 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key (PEM files)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (client certificates) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        return self
+
+    def grpc_credentials(self):  # noqa: ANN201 - grpc.ServerCredentials | None
+        """The gRPC server credentials of the TLS settings (None: plaintext)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        import grpc
+
+        ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
+            root_certificates=ca, require_client_auth=ca is not None)
+
+    def uvicorn_tls(self) -> dict:
+        """uvicorn's TLS arguments of the TLS settings (empty: plaintext)."""
+        if self.tls_cert is None:
+            return {}
+        import ssl
+
+        tls = {"ssl_certfile": str(self.tls_cert), "ssl_keyfile": str(self.tls_key)}
+        if self.tls_client_ca is not None:
+            tls |= {"ssl_ca_certs": str(self.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return tls
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -339,7 +339,9 @@ async def start_grpc_server(service: TaggingService, host: str, port: int) -> Gr
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = settings.grpc_credentials()
+    bound = (server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise OSError(f"gRPC: cannot bind {host}:{port}")
     await server.start()

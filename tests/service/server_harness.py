@@ -22,9 +22,13 @@ pb, pb_grpc = load_protos()
 class Server:
     """A `ml2p serve` subprocess; `stop()` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, model: Path, workdir: Path, **settings: object) -> None:
+    def __init__(self, model: Path, workdir: Path, *, client_tls: dict | None = None,
+                 **settings: object) -> None:
+        """`client_tls`: httpx keyword arguments (verify=, cert=) for a TLS server's probes."""
         self.http_port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if settings.get("tls_cert") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
+        self.client_tls = client_tls or {}
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = workdir / f"server-{self.http_port}.log"
         settings = {"vocab_dir": workdir / "vocabularies", "intra_op_threads": 1,
@@ -44,7 +48,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=1,
+                             **self.client_tls).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -1,5 +1,7 @@
 """The shipped model through the real server: an image's answer does not depend on the batch
-it ran in (dynamic batching must not change scores)."""
+it ran in (dynamic batching must not change scores); probabilities are the manifest's
+calibration, each label's novelty measured as the exporter and `ml2p eval` measure it, over
+REST and gRPC alike."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import os
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
-from server_harness import Server
+from server_harness import Server, pb, pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "models" / "zoo" / "default"
@@ -68,3 +71,34 @@ def test_batched_and_unbatched_answers_are_identical(real: Server) -> None:
         worst = max(worst, *(abs(a[k] - b[k]) for k in LABELS))
     print(f"batch sizes {sizes}: max |score difference| {worst:.2e}")
     assert worst <= TOL
+
+
+def test_probabilities_follow_the_manifest_calibration(real: Server) -> None:
+    from artifact.loader import load_artifact
+    from artifact.manifest import label_novelty
+    from models.export import label_vectors
+
+    calibration = load_artifact(DEFAULT).manifest.calibration
+    assert calibration is not None and calibration.uses_novelty, "the shipped model's " \
+        "calibration should depend on each label's novelty"
+    novelty = dict(zip(LABELS, label_novelty(
+        label_vectors(DEFAULT, LABELS), label_vectors(DEFAULT, calibration.reference_labels)),
+        strict=True))
+    assert all(novelty[label] == pytest.approx(0.0, abs=1e-6)
+               for label in calibration.reference_labels if label in novelty)
+    assert novelty["sofa"] > 0.05 and novelty["people on a beach"] > 0.05
+    photo = _photos()[0]
+    with httpx.Client(base_url=real.url, timeout=60) as client:
+        rest = client.post("/v1/tag", files={"image": ("p.jpg", photo)}, data={"labels": LABELS})
+    assert rest.status_code == 200, rest.text
+    with real.channel() as channel:
+        grpc_tags = pb_grpc.TaggerStub(channel).Tag(pb.TagRequest(image=photo, labels=LABELS),
+                                                    timeout=60).tags
+    for tags in (rest.json()["tags"], grpc_tags):
+        tags = [t if isinstance(t, dict) else
+                {"label": t.label, "score": t.score, "probability": t.probability} for t in tags]
+        assert len(tags) == len(LABELS)
+        expected = calibration.probabilities(np.array([t["score"] for t in tags]),
+                                             np.array([novelty[t["label"]] for t in tags]))
+        got = np.array([t["probability"] for t in tags])
+        assert np.abs(got - expected).max() < 1e-5, (got, expected)
