@@ -5,9 +5,9 @@ export ML2P_MODEL
 DEFAULT_ARTIFACT := models/zoo/default
 WEIGHTS := models/weights/default.pt
 
-.PHONY: install proto model serve test lint compose-check
+.PHONY: install proto client test-client model serve test lint compose-check
 
-install: .venv/.installed  ## venv with the CPU torch build and every extra (train, dev)
+install: .venv/.installed .venv/.client  ## venv with the CPU torch build, every extra (train, dev) and the client
 
 # the serving dependencies at the locked versions the images use, so tests run what ships
 .venv/.installed: pyproject.toml requirements/serving.lock
@@ -17,8 +17,21 @@ install: .venv/.installed  ## venv with the CPU torch build and every extra (tra
 		-c requirements/serving.lock
 	touch $@
 
-proto:  ## generate the gRPC stubs into service/_generated/ (also done on first import)
-	$(PYTHON) -m service.protos
+# the gRPC stubs are generated into the ml2p-client wheel when it is built; the server imports
+# them from the installed client (one copy of ml2p.v1 per process)
+CLIENT_SOURCES := proto/tagger.proto clients/python/setup.py clients/python/pyproject.toml \
+	$(wildcard clients/python/ml2p_client/*.py)
+
+client:  ## build the ml2p-client wheel, gRPC stubs inside, into dist/
+	rm -f dist/ml2p_client-*.whl
+	$(PYTHON) -m pip wheel -q --no-deps --no-build-isolation ./clients/python -w dist
+
+proto: client  ## regenerate the gRPC stubs after a change to proto/tagger.proto: rebuild and install the client
+	$(PYTHON) -m pip install -q --no-deps --force-reinstall dist/ml2p_client-*.whl
+
+.venv/.client: .venv/.installed $(CLIENT_SOURCES)
+	$(MAKE) proto PYTHON=.venv/bin/python
+	touch $@
 
 model: $(DEFAULT_ARTIFACT)/manifest.json  ## build the default artifact from the committed weights (cached)
 
@@ -29,11 +42,22 @@ $(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration
 		--int8-ranges models/weights/default.int8.json \
 		--accuracy benchmarks/results/accuracy.json
 
-serve: install proto $(if $(filter $(DEFAULT_ARTIFACT),$(ML2P_MODEL)),model)  ## install if needed, then REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
+serve: install $(if $(filter $(DEFAULT_ARTIFACT),$(ML2P_MODEL)),model)  ## install if needed, then REST (:8000) + gRPC (:50051) on $(ML2P_MODEL)
 	$(PYTHON) -m ml2p_cli serve
 
-test: install proto model  ## the whole test-suite (builds the default artifact first: the real-model tests serve it)
+test: install model  ## the whole test-suite (builds the default artifact first: the real-model tests serve it), then the client's
 	$(PYTHON) -m pytest -q
+	$(MAKE) test-client
+
+# the client as `pip install` users get it: its wheel in a fresh virtual environment, without
+# the source tree on the path, against real servers run by the project's environment
+test-client: install  ## the ml2p-client wheel's own suite (REST and gRPC against real servers)
+	rm -rf .client-venv
+	python3 -m venv .client-venv
+	.client-venv/bin/pip install -q dist/ml2p_client-*.whl pytest pillow numpy tqdm
+	cd /tmp && ML2P_REPO=$(CURDIR) ML2P_SERVER_PYTHON=$(CURDIR)/.venv/bin/python \
+		$(CURDIR)/.client-venv/bin/python -m pytest -q -p no:cacheprovider \
+		--rootdir=$(CURDIR)/clients/python/tests $(CURDIR)/clients/python/tests
 
 lint:
 	$(PYTHON) -m ruff check .

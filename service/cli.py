@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import get_args
@@ -94,12 +95,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
         return _fail(problem)
     options = {"top_k": args.top_k, "min_probability": args.min_probability,
                "min_score": args.min_score}
-    if args.url:
-        results = [_tag_remote(args, path, options) for path in args.images]
-    else:
-        results = asyncio.run(_tag_local(args, options))
-        if isinstance(results, int):
-            return results
+    results = _tag_remote(args, options) if args.url else asyncio.run(_tag_local(args, options))
+    if isinstance(results, int):
+        return results
     for path, result in zip(args.images, results, strict=True):
         if args.json:
             print(json.dumps({"image": path, **result}))
@@ -110,23 +108,29 @@ def cmd_tag(args: argparse.Namespace) -> int:
         for tag in result.get("tags", []):
             prob = f"  p={tag['probability']:.3f}" if tag.get("probability") is not None else ""
             print(f"  {tag['rank']:>4}  {tag['score']:+.4f}{prob}  {tag['label']}")
+        for warning in result.get("warnings", []):
+            print(f"  warning: {warning['label']!r}: {warning['message']}")
     return 1 if any("error" in r for r in results) else 0
 
 
-def _tag_remote(args: argparse.Namespace, path: str, options: dict) -> dict:
-    import httpx
+def _tag_remote(args: argparse.Namespace, options: dict) -> list[dict] | int:
+    """Through the client library, REST or gRPC by the URL's scheme, with its retries."""
+    from ml2p_client import Client, ML2PError
 
-    key = settings_from(args).api_key
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
-    data = {k: str(v) for k, v in options.items() if v is not None}
-    if args.vocabulary:
-        data["vocabulary"] = args.vocabulary
-    else:
-        data["labels_json"] = json.dumps(args.labels)
-    with open(path, "rb") as handle:
-        response = httpx.post(f"{args.url.rstrip('/')}/v1/tag", data=data, headers=headers,
-                              files={"image": (Path(path).name, handle)}, timeout=60)
-    return response.json()
+    try:
+        client = Client(args.url, api_key=args.api_key, verify=args.cacert or True)
+    except ValueError as exc:
+        return _fail(str(exc))
+    results: list[dict] = []
+    with client:
+        for path in args.images:
+            try:
+                result = client.tag(path, args.labels, vocabulary=args.vocabulary, **options)
+                results.append(result.model_dump(exclude={"source"}))
+            except ML2PError as exc:
+                results.append({"error": {"code": exc.code, "message": exc.message,
+                                          "field": exc.field}})
+    return results
 
 
 async def _tag_local(args: argparse.Namespace, options: dict) -> list[dict] | int:
@@ -136,7 +140,12 @@ async def _tag_local(args: argparse.Namespace, options: dict) -> list[dict] | in
     from service.pipeline import TagOptions, build_service
     from service.runtime import EngineUnavailable
 
-    settings = settings_from(args)
+    overrides = {name: getattr(args, name) for name in LOCAL_SETTINGS
+                 if getattr(args, name) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        return _fail(invalid_settings(exc))
     try:
         service = build_service(settings)
     except (ArtifactError, EngineUnavailable) as exc:
@@ -156,6 +165,10 @@ async def _tag_local(args: argparse.Namespace, options: dict) -> list[dict] | in
     return results
 
 
+# the settings `ml2p tag` runs a local model with (the rest from ML2P_* or their defaults)
+LOCAL_SETTINGS = ("model", "engine", "precision", "vocab_dir")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `serve` and `tag` on the `ml2p` parser."""
     serve = sub.add_parser("serve", help="run the REST + gRPC server",
@@ -163,7 +176,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    tag = sub.add_parser("tag", help="tag images with a local model or a running server")
+    tag = sub.add_parser("tag", help="tag images with a local model or a running server",
+                         description="Rank labels for images, with the model in-process or "
+                                     "through a running server (--url).")
     tag.add_argument("images", nargs="+", metavar="IMAGE")
     tag.add_argument("--labels", nargs="+", metavar="LABEL", help="candidate labels")
     tag.add_argument("--vocabulary", help="a stored vocabulary name instead of --labels")
@@ -171,9 +186,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tag.add_argument("--min-probability", type=float,
                      help="keep tags whose calibrated probability is at least this (0-1)")
     tag.add_argument("--min-score", type=float, help="keep tags whose raw score is at least this")
-    tag.add_argument("--url", help="server base URL (default: run the model in-process)")
     tag.add_argument("--json", action="store_true", help="one JSON object per image")
-    _settings_flags(tag)
+    remote = tag.add_argument_group("a running server")
+    remote.add_argument("--url", help="http(s)://host:port (REST) or grpc(s)://host:port "
+                                      "(default: run the model in-process)")
+    remote.add_argument("--api-key", default=os.environ.get("ML2P_API_KEY") or None,
+                        help="the server's key (default: $ML2P_API_KEY)")
+    remote.add_argument("--cacert", help="CA bundle that signed the server's TLS certificate")
+    local = tag.add_argument_group("in-process (each also ML2P_<NAME>)")
+    for name in LOCAL_SETTINGS:
+        field = Settings.model_fields[name]
+        choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
+        local.add_argument(f"--{name.replace('_', '-')}", choices=choices or None,
+                           help=field.description)
     tag.set_defaults(func=cmd_tag)
 
 

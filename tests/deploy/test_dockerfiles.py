@@ -132,8 +132,9 @@ def test_run_commands_refer_to_real_things(dockerfile):
     for run in dockerfile.of("RUN"):
         for cmd in shell_commands(run.value):
             _check_command(cmd, seen, subcommands, targets)
-    # the builder makes the artifact exactly as `make model` does, and the gRPC stubs
-    assert ("make", "model") in seen and ("python -m", "service.protos") in seen
+    # the builder makes the artifact exactly as `make model` does, and the client wheel that
+    # carries the gRPC stubs
+    assert ("make", "model") in seen and ("make", "client") in seen
 
 
 def test_entrypoint_is_ml2p_serve(dockerfile):
@@ -188,11 +189,12 @@ def test_env_names_are_settings_and_paths_are_in_the_image(dockerfile, monkeypat
 
 
 def _builder_outputs() -> set[str]:
-    """Paths the builder stage creates: the artifact (`make model`) and the stubs."""
+    """Paths the builder stage creates: the artifact (`make model`) and the client wheel
+    with the stubs (`make client`)."""
     match = re.search(r"^ML2P_MODEL\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.M)
     assert match, "Makefile sets no ML2P_MODEL default"
     assert Path(match[1]) == Settings.model_fields["model"].default
-    return {match[1], "service/_generated"}
+    return {match[1], "dist"}
 
 
 def test_copy_sources_exist_and_are_in_the_context(dockerfile):
@@ -218,13 +220,14 @@ def test_copy_sources_exist_and_are_in_the_context(dockerfile):
 def test_dockerignore_keeps_sources_and_drops_local_builds():
     ignore = REPO / ".dockerignore"
     tracked = subprocess.run(["git", "ls-files", "pyproject.toml", "Makefile", "ml2p_cli.py",
-                              "artifact", "service", "benchmarks",
+                              "artifact", "service", "benchmarks", "clients",
                               "models", "proto"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
     assert "pyproject.toml" in tracked and "proto/tagger.proto" in tracked
     dropped = [p for p in tracked if dockerignore_excludes(ignore, p)]
     assert not dropped, f"needed by the builder but .dockerignored: {dropped}"
-    for local in (".venv/bin/python", ".git/HEAD", "service/_generated/tagger_pb2.py",
+    for local in (".venv/bin/python", ".git/HEAD", "dist/ml2p_client-0.1.0-py3-none-any.whl",
+                  "clients/python/ml2p_client/_generated/tagger_pb2.py",
                   "models/zoo/default/visual.onnx", "service/__pycache__/cli.cpython-311.pyc"):
         assert dockerignore_excludes(ignore, local), f"{local} would enter the build context"
 

@@ -11,6 +11,7 @@ import time
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import REPO, Server, free_port, pb, pb_grpc
 
@@ -142,3 +143,20 @@ def test_cli_tag_local_and_remote(model_dir, server, tmp_path, capsys):
     assert ml2p(["tag", str(image), "--vocabulary", "nus-wide-81", "--top-k", "3",
                  "--url", server.url, "--api-key", "test-key"]) == 0
     assert capsys.readouterr().out.count("\n") == 4  # path + 3 tags
+    assert ml2p(["tag", str(image), "--labels", "dog", "sky", "--url",
+                 f"grpc://{server.grpc_target}", "--api-key", "test-key", "--json"]) == 0
+    over_grpc = json.loads(capsys.readouterr().out)
+    assert [t["score"] for t in over_grpc["tags"]] == pytest.approx(
+        [t["score"] for t in local["tags"]], abs=1e-6)
+    assert ml2p(["tag", str(image), "--labels", "dog", "--url", server.url]) == 1  # no key
+    assert "error: missing or wrong API key" in capsys.readouterr().out
+
+
+def test_cli_tag_help_shows_only_its_own_flags(capsys):
+    with pytest.raises(SystemExit):
+        ml2p(["tag", "--help"])
+    text = capsys.readouterr().out
+    for own in ("--labels", "--url", "--api-key", "--cacert", "--model", "--precision"):
+        assert own in text
+    for server_only in ("--max-queue-size", "--http-port", "--label-cache-size", "--warmup"):
+        assert server_only not in text

@@ -250,15 +250,19 @@ def test_vocabulary_store_persists_and_validates(tmp_path):
             reloaded.put(bad, ["a"])
 
 
-def test_proto_stubs_regenerate_when_stale(tmp_path, monkeypatch):
-    monkeypatch.setattr(protos, "OUT", tmp_path / "_generated")
-    assert not protos.is_current()
-    protos.generate()
-    assert protos.is_current()
-    grpc_code = (tmp_path / "_generated" / "tagger_pb2_grpc.py").read_text()
-    assert "from . import tagger_pb2" in grpc_code
-    (tmp_path / "_generated" / "SOURCE_SHA256").write_text("old\n")
-    assert not protos.is_current()
+def test_stubs_come_from_the_client_and_match_the_proto(tmp_path, monkeypatch):
+    """The server's stubs are the installed client's (one ml2p.v1 per process), generated
+    from this proto; stubs of another version of the proto are refused naming the fix."""
+    import ml2p_client._generated as generated
+
+    pb, pb_grpc = protos.load()
+    assert pb is generated.tagger_pb2 and pb_grpc is generated.tagger_pb2_grpc
+    assert "Embed" in pb.DESCRIPTOR.services_by_name["Tagger"].methods_by_name
+    changed = tmp_path / "tagger.proto"
+    changed.write_text(protos.PROTO.read_text() + "\n// changed\n")
+    monkeypatch.setattr(protos, "PROTO", changed)
+    with pytest.raises(RuntimeError, match="make proto"):
+        protos.load()
 
 
 # --- the app in-process: factory, readiness states -----------------------------------------
