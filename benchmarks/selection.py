@@ -1,7 +1,7 @@
 """Choosing the shipped recipe on validation data: candidate recipes trained and compared on
 the validation split carved from VOC train (never on `images/val`, the test split).
 
-Each candidate is the default recipe with a few settings changed (`CANDIDATES`, or `--set`
+Each candidate is the default recipe with the settings it names changed (`CANDIDATES`, or `--set`
 NAME=KEY=VALUE[,KEY=VALUE...] for more); each trains with `ml2p train`'s trainer into
 `--runs`/NAME/seed<N> (resumed or reused when already there) and is read back from its
 history: the last epoch's validation ZSL / GZSL mAP, the mean over `--seeds`. ConSE (all
@@ -24,14 +24,15 @@ from models.recipes import apply_override_dict, load_recipe
 RESULTS = Path(__file__).parent / "results"
 # name -> (what it tries, recipe settings over the default)
 CANDIDATES: dict[str, tuple[str, dict]] = {
-    "default": ("the shipped recipe", {}),
+    "lr1e-3": ("learning rate 1e-3 (the recipe until this selection)", {"lr": 0.001}),
     "lr3e-3": ("learning rate 3e-3 (the 1-epoch ablation's best)", {"lr": 0.003}),
     "lr3e-3-8ep": ("learning rate 3e-3, 8 epochs", {"lr": 0.003, "epochs": 8}),
-    "label-bce": ("+ a per-label cross-image BCE term (weight 1), lr 3e-3",
+    "label-bce": ("lr 3e-3 + a per-label cross-image BCE term (weight 1)",
                   {"lr": 0.003, "label_bce_weight": 1.0}),
-    "distill": ("+ ImageNet distillation (weight 0.5)", {"distill_weight": 0.5}),
-    "joint-emoji": ("trained on VOC and EmojiTags' seen labels jointly",
-                    {"datasets": ["voc2007", "emojitags"]}),
+    "distill": ("lr 3e-3 + ImageNet distillation (weight 0.5)",
+                {"lr": 0.003, "distill_weight": 0.5}),
+    "joint-emoji": ("lr 3e-3, trained on VOC and EmojiTags' seen labels jointly",
+                    {"lr": 0.003, "datasets": ["voc2007", "emojitags"]}),
 }
 
 
