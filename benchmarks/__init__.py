@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                       "memory bound the settings give"),
     "profile": ("benchmarks.profile", "the server at saturation under py-spy: where its time "
                                       "goes (speedscope profile + summary)"),
+    "client": ("benchmarks.client_bench", "the client library beside the load generator at "
+                                          "c = 16, and re-scoring stored vectors against "
+                                          "re-tagging"),
     "paper": ("benchmarks.paper", "the paper's comparison: ConSE, Fast0Tag, LESA, BiAM beside "
                                   "ML2P (accuracy, params, GFLOPs, latency)"),
     "select": ("benchmarks.selection", "candidate training recipes compared on VOC validation "

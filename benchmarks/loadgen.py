@@ -393,7 +393,22 @@ async def sender(protocol: str, target: str, names: list[str], pictures: list[by
                 return REJECTED if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else ERROR
 
         return send, channel.close
-    raise ValueError(f"protocol: rest, grpc or triton, not {protocol!r}")
+    if protocol in ("client-rest", "client-grpc"):  # the ml2p-client library, no retries
+        from ml2p_client import AsyncClient, ML2PError, Retry
+
+        url = target if protocol == "client-rest" else f"grpc://{target}"
+        client = AsyncClient(url, retry=Retry(attempts=1), timeout=60)
+
+        async def send(k: int) -> str:
+            try:
+                await client.tag(pictures[k % len(pictures)], names)
+                return OK
+            except ML2PError as exc:
+                return REJECTED if exc.status in (429, "RESOURCE_EXHAUSTED") else ERROR
+
+        return send, client.close
+    raise ValueError(f"protocol: rest, grpc, triton, client-rest or client-grpc, not "
+                     f"{protocol!r}")
 
 
 async def _generate(protocol: str, target: str, load: Load, n_labels: int) -> dict:
@@ -418,7 +433,8 @@ def run_loadgen(protocol: str, target: str, load: Load, n_labels: int = 20) -> d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--protocol", choices=["rest", "grpc", "triton"], required=True)
+    parser.add_argument("--protocol", required=True,
+                        choices=["rest", "grpc", "triton", "client-rest", "client-grpc"])
     parser.add_argument("--target", required=True, help="http://HOST:PORT, or HOST:PORT (grpc)")
     parser.add_argument("--labels", type=int, default=20, help="candidate labels (rest, grpc)")
     parser.add_argument("--duration", type=float, required=True)

@@ -95,9 +95,20 @@ def test_embed_then_score_is_the_tag_answer(client, photo, tmp_path):
     assert rescored[0].top() == tagged.top()
     assert [t.score for t in rescored[0].tags] == pytest.approx([t.score for t in tagged.tags],
                                                                 abs=1e-5)
-    # kept on disk and loaded again (the README recipe's round trip)
-    path = tmp_path / "vectors.npz"
-    numpy.savez(path, **{f"v{i}": e.array() for i, e in enumerate(embedded.items)})
+    # the README recipe: kept in a .npz with the model's identity, loaded, re-scored
+    from ml2p_client import Embedding, Embeddings, VectorsModel
+
+    stored = client.embed([photo])
+    path = tmp_path / "photos.npz"
+    numpy.savez(path, vectors=numpy.stack([e.array() for e in stored.items]),
+                paths=[str(photo)], **stored.model.model_dump())
+    saved = numpy.load(path)
+    model = VectorsModel(**{k: str(saved[k]) for k in ("name", "version", "precision")})
+    again = Embeddings(model=model, items=[
+        Embedding(shape=v.shape, dtype="float16", data=v.astype("<f2").tobytes(), source=p)
+        for v, p in zip(saved["vectors"], saved["paths"], strict=True)])
+    (reloaded,) = client.score(again, ["dog", "a red car", "sky"], top_k=1)
+    assert reloaded.source == str(photo) and reloaded.top(1) == tagged.top(1)
     other = embedded.model_copy(update={"model": embedded.model.model_copy(
         update={"version": "0.0.0-elsewhere"})})
     with pytest.raises(ML2PError) as info:
