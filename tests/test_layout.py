@@ -25,12 +25,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("artifact", "models", "service", "benchmarks")
 ENTRY = "ml2p_cli"
+CLIENT = "ml2p_client"  # clients/python: the pip-installable client
 # package -> the packages (ours, and torch) it must not import
 FORBIDDEN = {
-    "artifact": {"models", "service", "benchmarks", "torch", ENTRY},
-    "models": {"service", "benchmarks", ENTRY},
+    "artifact": {"models", "service", "benchmarks", "torch", ENTRY, CLIENT},
+    "models": {"service", "benchmarks", ENTRY, CLIENT},
     "service": {"models", "benchmarks", "torch", ENTRY},
     "benchmarks": {ENTRY},
+    CLIENT: {"artifact", "models", "service", "benchmarks", "torch", ENTRY},
 }
 EXEMPT = {"service.runtime.torch_engine": {"models", "torch"}}  # the lazy torch engine
 SYS_PATH_ALLOWED = {"benchmarks/gpu_check.py"}  # runs on a bare GPU machine from a bundle
@@ -72,8 +74,16 @@ def violations(name: str, path: Path) -> list[str]:
     return sorted(f"{name} imports {target}" for target in imported(path, name) & banned)
 
 
+def client_modules() -> list[tuple[str, Path]]:
+    """The client package's modules (its generated stubs aside): it stands alone."""
+    root = REPO / "clients" / "python"
+    return [(".".join(p.relative_to(root).with_suffix("").parts), p)
+            for p in sorted((root / CLIENT).rglob("*.py")) if "_generated" not in p.parts]
+
+
 def test_import_directions() -> None:
-    found = [v for name, path in modules() for v in violations(name, path)]
+    assert client_modules(), "clients/python/ml2p_client not found"
+    found = [v for name, path in modules() + client_modules() for v in violations(name, path)]
     assert not found, "imports against docs/architecture.md:\n" + "\n".join(found)
 
 
