@@ -59,6 +59,15 @@ def command_main(name: str, doc: str, add_arguments: Callable[[argparse.Argument
     return result if isinstance(result, int) else 0
 
 
+def write_report(out: Path, report: dict, markdown: Callable[[dict], str]) -> int:
+    """`out` (JSON) and the same name with `.md` (`markdown(report)`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def report_header(name: str, argv: list[str], model: Path) -> dict:
     """The fields every results file starts with: the benchmark, its command, when, the model
     (`name@version` from its manifest) and the machine."""

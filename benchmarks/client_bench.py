@@ -22,7 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import command_main, loadgen, report_header, serve_bench, serve_compare
+from benchmarks import (
+    command_main,
+    loadgen,
+    report_header,
+    serve_bench,
+    serve_compare,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("rest", "client-rest", "grpc", "client-grpc")
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                   {"goal": "re-scoring stored vectors >= 100x faster than re-tagging",
                    "value": stored["retag_over_rescore"],
                    "met": stored["retag_over_rescore"] >= 100}]}
-    return serve_bench._write_report(Path(args.out), report, markdown)
+    return write_report(Path(args.out), report, markdown)
 
 
 def markdown(report: dict) -> str:

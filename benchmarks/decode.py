@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from artifact.imaging import JPEG_FAMILY, Preprocessing, decode_image, preprocess, to_rgb
-from benchmarks import command_main, report_header, serve_bench
+from benchmarks import command_main, report_header, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RATIOS = (2.0, 1.0, 0.5)  # draft ratios timed and judged (2.0 = the decode before)
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         "faster_decoder": faster_decoder(rows, choice["draft_ratio"]),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return serve_bench._write_report(Path(args.out), report, markdown)
+    return write_report(Path(args.out), report, markdown)
 
 
 def markdown(report: dict) -> str:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks import write_report
 from models.data.emojitags import SceneLayout
 from models.label_embedders import create_embedder
 from models.metrics import evaluate_zsl_gzsl, mean_average_precision
@@ -415,11 +416,8 @@ def run(args: argparse.Namespace) -> dict:
         report["scene_prototypes"] = scene_prototypes(labels, {"val": val, "test": test},
                                                       args.threads)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(out.with_suffix(".md").read_text())
+    write_report(Path(args.out), report, markdown)
+    print(Path(args.out).with_suffix(".md").read_text())
     return report
 
 

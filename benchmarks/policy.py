@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import command_main, loadgen, serve_bench, serve_compare
+from benchmarks import command_main, loadgen, serve_bench, serve_compare, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CORES = os.cpu_count() or 2
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "best_settings": CANDIDATES[names.index(choice["best"])],
         "total_run_s": round(time.perf_counter() - started, 1), "round_results": rounds,
     }
-    return serve_bench._write_report(Path(args.out), report, markdown)
+    return write_report(Path(args.out), report, markdown)
 
 
 def markdown(report: dict) -> str:

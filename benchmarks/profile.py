@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import command_main, loadgen, serve_bench
+from benchmarks import command_main, loadgen, serve_bench, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = 25
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                     "python": platform.python_version()},
         "summary": summarize(json.loads(speedscope.read_text())),
     }
-    return serve_bench._write_report(stem.with_suffix(".json"), report, markdown)
+    return write_report(stem.with_suffix(".json"), report, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import command_main
+from benchmarks import command_main, write_report
 from models.recipes import apply_override_dict, load_recipe
 
 RESULTS = Path(__file__).parent / "results"
@@ -99,11 +99,8 @@ def run(args: argparse.Namespace) -> dict:
             **{s: float(np.mean([r[s] for r in rows])) for s in ("zsl", "gzsl")}}
     report["conse_all_classes"] = conse_on_val()
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(out.with_suffix(".md").read_text())
+    write_report(Path(args.out), report, markdown)
+    print(Path(args.out).with_suffix(".md").read_text())
     return report
 
 

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks import command_main, loadgen
+from benchmarks import command_main, loadgen, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,16 +188,7 @@ def run(args: argparse.Namespace) -> int:
                  + (f"; {args.note}" if args.note else ""),
         "results": rows,
     }
-    return _write_report(Path(args.out), report, _markdown)
-
-
-def _write_report(out: Path, report: dict, markdown) -> int:
-    """`out` (JSON) and the same name with `.md` (`markdown(report)`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return write_report(Path(args.out), report, _markdown)
 
 
 def _print_row(row: dict) -> None:

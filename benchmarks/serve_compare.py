@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import command_main, loadgen, serve_bench
+from benchmarks import command_main, loadgen, serve_bench, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = Path(os.environ.get("ML2P_PEER_VENV", Path.home() / ".cache/ml2p/peer-venv"))
@@ -376,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
             "raw_closed_loop_peak_rps": _peak(rows, "raw") or None,
             "results": open_rows}
     report["goals"] = goals(rows, report.get("decoding"))
-    code = serve_bench._write_report(Path(args.out), report, markdown)
+    code = write_report(Path(args.out), report, markdown)
     figure(report, Path(args.out).with_suffix(".png"))
     return code
 

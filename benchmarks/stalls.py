@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import command_main, loadgen, report_header, serve_bench, serve_compare
+from benchmarks import (
+    command_main,
+    loadgen,
+    report_header,
+    serve_bench,
+    serve_compare,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "new_labels_per_request": args.new, "deadline_ms": args.deadline_ms,
         "duration_s": args.duration, **phases,
     }
-    return serve_bench._write_report(Path(args.out), report, markdown)
+    return write_report(Path(args.out), report, markdown)
 
 
 def markdown(report: dict) -> str:

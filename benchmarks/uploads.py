@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import command_main, report_header, serve_bench, serve_compare
+from benchmarks import command_main, report_header, serve_bench, serve_compare, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "bound_formula": Settings.request_memory_bound.__doc__.split("settings: ", 1)[-1],
         "results": rows,
     }
-    return serve_bench._write_report(Path(args.out), report, markdown)
+    return write_report(Path(args.out), report, markdown)
 
 
 def markdown(report: dict) -> str:

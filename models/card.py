@@ -1,9 +1,10 @@
-"""The model card's result tables, generated from the committed result files.
+"""The model card's (and the README's) result tables, generated from the committed results.
 
 `ml2p card` rewrites what sits between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in
-`models/weights/MODEL_CARD.md` from the result JSON it names (today: `accuracy`, from
+`models/weights/MODEL_CARD.md` and `README.md` from the result JSON it names (`accuracy`:
 `benchmarks/results/accuracy.json`, the table `ml2p eval` writes); `ml2p card --check` fails
-when the card is out of date, which a test runs. Prose around the markers stays hand-written.
+when a document is out of date, which a test runs. Prose around the markers stays
+hand-written. The card must hold every section; the README holds the ones it quotes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from models.evaluate import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 CARD = REPO / "models" / "weights" / "MODEL_CARD.md"
+README = REPO / "README.md"
 SOURCES = {"accuracy": REPO / "benchmarks" / "results" / "accuracy.json"}
 
 
@@ -33,22 +35,24 @@ def section(name: str) -> str:
             f"edit by hand).\n\n{_demote(body).strip()}\n")
 
 
-def render(card: str) -> str:
-    """`card` with every generated section rewritten."""
+def render(card: str, complete: bool = True) -> str:
+    """`card` with every generated section it holds rewritten; `complete`: it must hold all."""
     for name in SOURCES:
         pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(<!-- end: {name} -->)",
                              flags=re.DOTALL)
         if not pattern.search(card):
-            raise ValueError(f"the model card has no '<!-- generated: {name} -->' section")
+            if complete:
+                raise ValueError(f"the model card has no '<!-- generated: {name} -->' section")
+            continue
         card = pattern.sub(lambda m, name=name: m.group(1) + section(name) + m.group(2), card)
     return card
 
 
 def update(path: Path = CARD, check: bool = False) -> bool:
-    """Rewrite the card's generated sections; with `check`, only report. True if it changed
-    (or, with `check`, would change)."""
+    """Rewrite a document's generated sections (the card must hold all of them); with
+    `check`, only report. True if it changed (or, with `check`, would change)."""
     current = path.read_text()
-    fresh = render(current)
+    fresh = render(current, complete=path == CARD)
     if fresh != current and not check:
         path.write_text(fresh)
     return fresh != current

@@ -120,14 +120,16 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from models.card import CARD, update
+    from models.card import CARD, README, update
 
-    changed = update(check=args.check)
-    if args.check:
-        print(f"{CARD}: {'out of date: run `ml2p card`' if changed else 'up to date'}")
-        return 1 if changed else 0
-    print(f"{CARD}: {'rewritten' if changed else 'already up to date'}")
-    return 0
+    stale = []
+    for path in (CARD, README):
+        changed = update(path, check=args.check)
+        stale += [path.name] if changed else []
+        state = ("out of date: run `ml2p card`" if args.check else "rewritten") if changed \
+            else "up to date"
+        print(f"{path}: {state}")
+    return 1 if args.check and stale else 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from models.card import CARD, render, section, update
+from models.card import CARD, README, render, section, update
 
 
-def test_the_committed_card_matches_the_committed_results():
+def test_the_committed_card_and_readme_match_the_committed_results():
     assert not update(check=True), "MODEL_CARD.md is out of date: run `ml2p card`"
+    assert not update(README, check=True), "README.md is out of date: run `ml2p card`"
+    assert "<!-- generated: accuracy -->" in README.read_text()
 
 
 def test_a_hand_edit_inside_a_generated_section_is_overwritten(tmp_path):
