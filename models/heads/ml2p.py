@@ -107,15 +107,21 @@ class MixerBlock(nn.Module):
 
 
 class GroupAttention(nn.Module):
-    """S = (MLP₁(x) · MLP₂(x)ᵀ) · x between the G vectors; no softmax, no scaling (as released)."""
+    """S = (MLP₁(x) · MLP₂(x)ᵀ) · x between the G vectors; no softmax, no scaling (as
+    released). `softmax=True` weighs the G vectors by softmax(MLP₁(x) · MLP₂(x)ᵀ / √hidden)
+    instead: the released form's unbounded weights let the output grow without limit during
+    training (in `ml2p bench select`, runs that collapse below a random ranking)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, softmax: bool = False) -> None:
         super().__init__()
         self.query = Mlp(dim, hidden)
         self.key = Mlp(dim, hidden)
+        self.scale = hidden ** -0.5 if softmax else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         att = self.query(x) @ self.key(x).transpose(-2, -1)  # [B, G, G]
+        if self.scale is not None:
+            att = (att * self.scale).softmax(dim=-1)
         return att @ x  # [B, G, D]
 
 
@@ -133,6 +139,8 @@ class ML2PHead(nn.Module):
         channel_reduction: channel-MLP width is D // channel_reduction (paper: 5).
         group_hidden: hidden width of the two group-attention MLPs (default D, as released).
         residual: False = released code (faithful); True = poster variant.
+        group_softmax: False = released group attention (faithful); True = softmax-weighted
+            (scaled) group attention, which trains stably (see `GroupAttention`).
         imagenet_evidence_dim: 0 = off (faithful). >0: the backbone's ImageNet class
             probabilities softmax(logits) [B, C] are mapped by a zero-initialised Linear C→D and
             added to every pooled group vector before group attention, so training starts from
@@ -158,6 +166,7 @@ class ML2PHead(nn.Module):
         residual: bool = False,
         imagenet_evidence_dim: int = 0,
         cosine_scale: float = 0.0,
+        group_softmax: bool = False,
     ) -> None:
         super().__init__()
         base = TRANSFORM_CONFIGS.get(backbone)
@@ -180,7 +189,7 @@ class ML2PHead(nn.Module):
         self.attention = ChannelClassAttention(groups, dim, residual=residual)
         self.mixer = MixerBlock(dim, self.tokens, token_hidden or self.tokens // channel_reduction,
                                 dim // channel_reduction)
-        self.group_attention = GroupAttention(dim, group_hidden or dim)
+        self.group_attention = GroupAttention(dim, group_hidden or dim, softmax=group_softmax)
         if imagenet_evidence_dim:
             self.evidence = nn.Linear(imagenet_evidence_dim, dim)
             nn.init.zeros_(self.evidence.weight)

@@ -93,6 +93,23 @@ def test_group_attention_has_no_softmax():
     torch.testing.assert_close(ga(x), (q @ k.transpose(1, 2)) @ x)
 
 
+def test_softmax_group_attention_is_a_bounded_mixture():
+    """group_softmax: each output vector is a convex combination of the G inputs (weights
+    softmax(q·kᵀ/√hidden)), so it cannot outgrow them as the released form can."""
+    ga = GroupAttention(6, 6, softmax=True)
+    x = torch.randn(2, 4, 6)
+    q, k = ga.query(x), ga.key(x)
+    weights = (q @ k.transpose(1, 2) / 6 ** 0.5).softmax(-1)
+    torch.testing.assert_close(ga(x), weights @ x)
+    with torch.no_grad():
+        ga.query[0].weight.mul_(100)  # huge attention logits
+        assert ga(x).norm(dim=-1).max() <= x.norm(dim=-1).max() + 1e-5
+    head = ML2PHead(backbone="efficientnet_lite0", groups=3, dim=12, widths=(8, 8, 16),
+                    group_softmax=True)
+    taps = (torch.randn(2, 40, 28, 28), torch.randn(2, 112, 14, 14), torch.randn(2, 320, 7, 7))
+    assert head(taps).shape == (2, 3, 12)
+
+
 def test_temperature_per_head():
     head = ML2PHead(groups=4, dim=10, widths=(8, 8, 8))
     assert head.attention.temperature.shape == (4, 1, 1)
