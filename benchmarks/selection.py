@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
             last = result["history"][-1]
             rows.append({"seed": seed, "epochs": last["epoch"],
                          "seconds": round(time.perf_counter() - tick, 1),
+                         "train_seconds": round(sum(h["seconds"] for h in result["history"]), 1),
                          **{s: last["val"]["voc2007"][s]["map"] for s in ("zsl", "gzsl")}})
         report["candidates"][name] = {
             "what": what, "settings": overrides, "runs": rows,

@@ -8,6 +8,7 @@ drain. API layers call `tag(...)` and the vocabulary methods and translate `Serv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -579,9 +580,12 @@ class TaggingService:
         Returns the vocabulary, whether it is new, and the duplicate labels dropped.
         """
         self.check_ready()
-        clean = self.clean(labels, limit=self.settings.max_vocabulary_labels)
-        await asyncio.get_running_loop().run_in_executor(
-            self._preprocess_pool, self.engine.check_labels, clean.texts)
+        loop = asyncio.get_running_loop()
+        # off the event loop: tokenizing thousands of labels would stall every other request
+        clean = await loop.run_in_executor(
+            self._preprocess_pool,
+            functools.partial(self.clean, labels, limit=self.settings.max_vocabulary_labels))
+        await loop.run_in_executor(self._preprocess_pool, self.engine.check_labels, clean.texts)
         vocab, created = self.vocabularies.put(name, clean.texts)
         vocab.clean = clean
         self._vocab_tasks.pop(name, None)
