@@ -37,7 +37,7 @@ model: $(DEFAULT_ARTIFACT)/manifest.json  ## build the default artifact from the
 
 $(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration.npz \
 		models/weights/default.int8.json benchmarks/results/accuracy.json
-	$(PYTHON) -m ml2p_cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) --version 0.1.0 \
+	$(PYTHON) -m ml2p_cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) --version 0.2.0 \
 		--calibration models/weights/default.calibration.npz \
 		--int8-ranges models/weights/default.int8.json \
 		--accuracy benchmarks/results/accuracy.json
