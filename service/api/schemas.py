@@ -68,7 +68,9 @@ class TagOut(BaseModel):
 
     @classmethod
     def of(cls, tag: Tag) -> TagOut:
-        return cls(label=tag.label, score=tag.score, probability=tag.probability, rank=tag.rank)
+        # built from the pipeline's typed values: no validation (a re-score can return 10⁵ tags)
+        return cls.model_construct(label=tag.label, score=tag.score,
+                                   probability=tag.probability, rank=tag.rank)
 
 
 class LabelWarningOut(BaseModel):

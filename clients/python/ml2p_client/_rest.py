@@ -40,7 +40,9 @@ def multipart(fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> 
 
 def _result(body: dict, tags: list[dict], source: str | None = None) -> TagResult:
     model = body["model"]
-    return TagResult(tags=[Tag(**t) for t in tags], model=f"{model['name']}@{model['version']}",
+    # the server's own schema: constructed without validation (a re-score returns 10⁵ tags)
+    return TagResult(tags=[Tag.model_construct(**t) for t in tags],
+                     model=f"{model['name']}@{model['version']}",
                      duplicates_removed=body.get("duplicates_removed", []),
                      warnings=[LabelWarning(**w) for w in body.get("warnings", [])],
                      timings_ms=body.get("timings_ms", {}), gflops=body.get("gflops", {}),
