@@ -40,7 +40,8 @@ class TagParams(BaseModel):
     min_score: float | None = Field(
         None, allow_inf_nan=False, description="keep tags whose raw score >= this")
     threshold: float | None = Field(
-        None, allow_inf_nan=False, deprecated=True,
+        None, allow_inf_nan=False, json_schema_extra={"deprecated": True},  # documented only:
+        # pydantic's deprecated=True would warn on every read by the server itself
         description="deprecated name of min_probability (of min_score for a model without "
                     "calibration); checked the same way")
     timeout_ms: float | None = Field(
