@@ -154,7 +154,8 @@ class TaggerServicer(pb_grpc.TaggerServicer):
                                    "duration_ms": round(took * 1000, 3)})
 
     def _options(self, request, context: grpc.aio.ServicerContext) -> TagOptions:  # noqa: ANN001
-        """A TagRequest's or ScoreRequest's options (ScoreRequest has no deprecated threshold)."""
+        """A request's options, from the fields its message has (Score has no deprecated
+        threshold, Embed only the deadline)."""
         def given(name: str) -> float | int | None:
             fields = request.DESCRIPTOR.fields_by_name
             return getattr(request, name) if name in fields and request.HasField(name) else None
@@ -233,9 +234,8 @@ class TaggerServicer(pb_grpc.TaggerServicer):
             if dtype not in DTYPES:
                 raise InvalidRequest(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}",
                                      field="dtype")
-            remaining = context.time_remaining()
-            outcome = await self.service.embed(list(request.images), TagOptions(
-                timeout_s=remaining if remaining is not None and remaining > 0 else None))
+            outcome = await self.service.embed(list(request.images),
+                                               self._options(request, context))
             ref = outcome.vectors_model
             embeddings = []
             for vectors in outcome.vectors:

@@ -249,10 +249,14 @@ def _embed_body_doc() -> dict:
     }}}
 
 
+def _timeout_s(params: TagParams | EmbedParams) -> float | None:
+    return params.timeout_ms / 1000.0 if params.timeout_ms else None
+
+
 def _options(params: TagParams) -> TagOptions:
     return TagOptions(top_k=params.top_k, min_probability=params.min_probability,
                       min_score=params.min_score, threshold=params.threshold,
-                      timeout_s=params.timeout_ms / 1000.0 if params.timeout_ms else None)
+                      timeout_s=_timeout_s(params))
 
 
 def _json(model) -> Response:
@@ -361,8 +365,7 @@ def _add_routes(app: FastAPI) -> None:
         no image work): multipart (`image` / `images` files) or JSON (base64 `images`)."""
         images, params = await _parse(request, service.settings, batch=True,
                                       json_model=EmbedJSONRequest, form_params=_embed_form)
-        outcome = await service.embed(images, TagOptions(
-            timeout_s=params.timeout_ms / 1000.0 if params.timeout_ms else None))
+        outcome = await service.embed(images, TagOptions(timeout_s=_timeout_s(params)))
         embeddings = []
         for i, (vectors, result) in enumerate(zip(outcome.vectors, outcome.results,
                                                   strict=True)):

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artifact.manifest import Calibration
+
 
 @dataclass(frozen=True)
 class Tag:
@@ -25,18 +27,21 @@ def score(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def rank(scores: np.ndarray, labels: list[str], *, top_k: int | None = None,
          min_score: float | None = None, min_probability: float | None = None,
-         probabilities: np.ndarray | None = None) -> list[Tag]:
+         calibration: Calibration | None = None, novelty: np.ndarray | None = None
+         ) -> list[Tag]:
     """One image's scores [L] -> tags sorted by score (rank 1 = best).
 
-    `probabilities` [L] are the calibrated ones (None when the model has no calibration).
     `top_k` keeps the best k; then `min_score` keeps tags whose raw score, `min_probability`
-    those whose probability, is at least that. Ranks are positions in the full ranking.
+    those whose calibrated probability, is at least that. Probabilities are computed for the
+    kept tags only, from `calibration` (None: the model has none) and each label's `novelty`
+    [L] where the calibration reads it. Ranks are positions in the full ranking.
     """
     order = np.argsort(-scores, kind="stable")
     if top_k is not None:
         order = order[:top_k]
     values = scores[order].astype(np.float64)
-    probs = probabilities[order].astype(np.float64) if probabilities is not None else None
+    probs = (calibration.probabilities(values, None if novelty is None else novelty[order])
+             if calibration is not None else None)
     keep = np.ones(len(order), bool)
     if min_score is not None:
         keep &= values >= min_score

@@ -386,12 +386,14 @@ class TaggingService:
                 self._preprocess_pool, score, groups, matrix)
         else:
             scores = score(groups, matrix)
-        probabilities = self.probabilities(scores, matrix)
+        calibration = self.manifest.calibration
+        novelty = (label_novelty(matrix, self._reference_vectors)
+                   if calibration is not None and calibration.uses_novelty else None)
         min_probability, min_score = cut_offs
         tag_lists = [rank(row, clean.texts, top_k=options.top_k, min_score=min_score,
-                          min_probability=min_probability,
-                          probabilities=None if probabilities is None else probabilities[i])
-                     for i, row in enumerate(scores)]
+                          min_probability=min_probability, calibration=calibration,
+                          novelty=novelty)
+                     for row in scores]
         return tag_lists, (time.perf_counter() - scoring_start) / max(len(groups), 1)
 
     async def _tag(self, images: list[bytes], labels: list[str] | None, vocabulary: str | None,
@@ -410,21 +412,33 @@ class TaggingService:
         tag_lists, scoring_s = await self._ranked(groups, matrix, clean, options, cut_offs)
         self._observe(labels=labels_s, scoring=scoring_s * len(images))
         m = self.manifest
-        per_image_scoring = scoring_gflops(m.groups, m.dim, len(clean.texts))
-        results = [
+        results = self._image_results(prepared, outputs, tag_lists, scoring_s,
+                                      scoring_gflops(m.groups, m.dim, len(clean.texts)))
+        return self._outcome(results, clean, labels_s, misses)
+
+    def _image_results(self, prepared: list, outputs: list, tag_lists: list[list[Tag]],
+                       scoring_s: float, scoring_gflops_per_image: float) -> list[ImageResult]:
+        """Each image's tags with its stage timings and GFLOPs (`prepared`: decode and
+        preprocess seconds, `outputs`: the batcher's queue and inference seconds)."""
+        return [
             ImageResult(
                 tags=tags, batch_size=out.batch_size,
                 timings_ms=ImageTimings(decode=_ms(pre[1]), preprocess=_ms(pre[2]),
                                         queue=_ms(out.queue_s), inference=_ms(out.inference_s),
                                         scoring=_ms(scoring_s)),
-                gflops=ImageGflops(image=m.gflops.image, scoring=per_image_scoring))
+                gflops=ImageGflops(image=self.manifest.gflops.image,
+                                   scoring=scoring_gflops_per_image))
             for tags, pre, out in zip(tag_lists, prepared, outputs, strict=True)
         ]
+
+    def _outcome(self, results: list[ImageResult], clean: CleanLabels, labels_s: float,
+                 misses: int) -> TagOutcome:
+        m = self.manifest
         return TagOutcome(
             model=ModelRef(name=m.name, version=m.version), results=results,
             duplicates_removed=clean.duplicates, warnings=clean.warnings,
-            labels_ms=_ms(labels_s),
-            labels_gflops=m.gflops.label * misses, cache_misses=misses)
+            labels_ms=_ms(labels_s), labels_gflops=m.gflops.label * misses,
+            cache_misses=misses)
 
     async def _embed(self, images: list[bytes], deadline: float) -> EmbedOutcome:
         self._check_images(images)
@@ -434,15 +448,8 @@ class TaggingService:
                             duplicates_removed=[], warnings=[], labels_ms=0.0,
                             labels_gflops=0.0, vectors_model=self.vectors_ref,
                             vectors=np.stack([o.output for o in outputs]),
-                            results=[ImageResult(
-                                tags=[], batch_size=out.batch_size,
-                                timings_ms=ImageTimings(decode=_ms(pre[1]),
-                                                        preprocess=_ms(pre[2]),
-                                                        queue=_ms(out.queue_s),
-                                                        inference=_ms(out.inference_s),
-                                                        scoring=0.0),
-                                gflops=ImageGflops(image=m.gflops.image, scoring=0.0))
-                                for pre, out in zip(prepared, outputs, strict=True)])
+                            results=self._image_results(prepared, outputs, [[]] * len(images),
+                                                        0.0, 0.0))
 
     async def _score(self, vectors: np.ndarray, model: VectorsRef, labels: list[str] | None,
                      vocabulary: str | None, options: TagOptions) -> TagOutcome:
@@ -473,11 +480,7 @@ class TaggingService:
                                                        inference=0.0, scoring=_ms(scoring_s)),
                                gflops=ImageGflops(image=0.0, scoring=per_image_scoring))
                    for tags in tag_lists]
-        return TagOutcome(
-            model=ModelRef(name=m.name, version=m.version), results=results,
-            duplicates_removed=clean.duplicates, warnings=clean.warnings,
-            labels_ms=_ms(labels_s), labels_gflops=m.gflops.label * misses,
-            cache_misses=misses)
+        return self._outcome(results, clean, labels_s, misses)
 
     def _cut_offs(self, options: TagOptions) -> tuple[float | None, float | None]:
         """(min_probability, min_score), checked: a probability lies in 0-1 and needs a
@@ -510,16 +513,6 @@ class TaggingService:
                                      "probabilities: filter raw scores with min_score",
                                      field=field)
         return min_probability, min_score
-
-    def probabilities(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
-        """scores [B, L] of labels [L, D] → calibrated probabilities [B, L] (None when the
-        model has no calibration); each label's novelty against the trained-on labels."""
-        calibration = self.manifest.calibration
-        if calibration is None:
-            return None
-        novelty = (label_novelty(labels, self._reference_vectors) if calibration.uses_novelty
-                   else None)
-        return calibration.probabilities(scores, novelty)
 
     async def _prepare(self, data: bytes, index: int) -> tuple[np.ndarray, float, float]:
         loop = asyncio.get_running_loop()

@@ -206,14 +206,19 @@ def test_scoring_is_max_over_groups_and_independent_per_label():
     assert np.allclose(score(groups, labels), [[1.0, 0.5, 0.6]])
     assert np.allclose(score(groups, labels[1:2]), [[0.5]])
     values = np.array([0.1, 0.9, 0.5])
-    tags = rank(values, ["a", "b", "c"], top_k=2,
-                probabilities=Calibration(a=10.0, b=-5.0).probabilities(values))
+    tags = rank(values, ["a", "b", "c"], top_k=2, calibration=Calibration(a=10.0, b=-5.0))
     assert [(t.label, t.rank) for t in tags] == [("b", 1), ("c", 2)]
     assert tags[0].probability == pytest.approx(1 / (1 + np.exp(-4.0)))
     assert [t.label for t in rank(np.array([0.1, 0.9, 0.5]), list("abc"), min_score=0.5)] == [
         "b", "c"]
+    # probabilities 0.018, 0.98, 0.5: both cut-offs apply (c passes min_score only)
     assert [t.label for t in rank(values, list("abc"), min_score=0.2, min_probability=0.6,
-                                  probabilities=np.array([0.9, 0.1, 0.7]))] == ["c"]
+                                  calibration=Calibration(a=10.0, b=-5.0))] == ["b"]
+    # a novel c (novelty 0.5, c = 4): probability 0.88, so it passes both
+    novel = Calibration(kind="logistic-novelty", a=10.0, b=-5.0, c=4.0, reference_labels=["x"])
+    assert [t.label for t in rank(values, list("abc"), min_score=0.2, min_probability=0.6,
+                                  calibration=novel, novelty=np.array([0, 0, 0.5]))] == [
+        "b", "c"]
 
 
 def test_novelty_calibration_gives_far_labels_their_own_curve():
