@@ -38,8 +38,6 @@ Writes `benchmarks/results/paper_comparison.{json,md,png}`.
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import hashlib
 import json
 import logging
@@ -62,18 +60,24 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 SMALL_EPOCHS = 3
 ABLATION_EPOCHS = 1
-DATASETS = ("voc2007", "emojitags")
+# each dataset trains its own methods (on its seen labels) and tests them on its own test
+# splits; EmojiTags' second split is the held-out art style ("style shift")
+TRAIN_DATASETS = ("voc2007", "emojitags")
+TEST_SPLITS = {"voc2007": ("voc2007",), "emojitags": ("emojitags", "emojitags:test-shift")}
 SCORED_LABELS = 20  # labels scored inside the head's cost (VOC's vocabulary size)
 BATCHES = (1, 32)
-# key, display name, recipe
+# key, display name, recipe, settings changed from it; every method runs in every regime
+# (`models.recipes.REGIMES`): ConSE's classifier is the seen-label one in (a), the backbone's
+# ImageNet one in (b); its two variants differ in the label vectors (centred or raw)
 MAIN = (
-    ("conse", "ConSE", "conse"),
-    ("conse-all", "ConSE (all ImageNet classes)", "conse-all"),
-    ("fast0tag", "Fast0Tag", "fast0tag"),
-    ("lesa", "LESA", "lesa"),
-    ("biam", "BiAM", "biam"),
-    ("ml2p", "ML2P", "default"),
+    ("conse", "ConSE", "conse", {}),
+    ("conse-raw", "ConSE (raw vectors)", "conse", {"label_centring": False}),
+    ("fast0tag", "Fast0Tag", "fast0tag", {}),
+    ("lesa", "LESA", "lesa", {}),
+    ("biam", "BiAM", "biam", {}),
+    ("ml2p", "ML2P", "default", {}),
 )
+CONSE_VARIANTS = ("conse", "conse-raw")
 ABLATIONS = (
     ("ml2p-ref", "ML2P default recipe (reference at this budget)", "default"),
     ("ml2p-lam0", "ML2P λ = 0", "ml2p-lam0"),
@@ -103,15 +107,16 @@ PAPER_HEADS = (
 # ------------------------------------------------------------------ configurations and cache
 
 
-def resolve_config(recipe: str, epochs: int | None = None, seed: int = 0):  # noqa: ANN201
-    """The TrainConfig of `recipe` at `epochs` (None: the recipe's) and `seed`.
+def resolve_config(recipe: str, epochs: int | None = None, seed: int = 0,
+                   changes: dict | None = None):  # noqa: ANN201
+    """The TrainConfig of `recipe` with `changes`, at `epochs` (None: the recipe's) and `seed`.
 
     A training-free recipe (epochs 0) stays at 0 whatever the budget.
     """
-    from models.recipes import load_recipe
+    from models.recipes import apply_override_dict, load_recipe
     from models.train import TrainConfig
 
-    data = copy.deepcopy(load_recipe(recipe))
+    data = apply_override_dict(load_recipe(recipe), changes or {})
     if epochs is not None and data.get("epochs", 1) > 0:
         data["epochs"] = epochs
     data["seed"] = seed
@@ -182,11 +187,10 @@ def _train_in_subprocess(config_json: dict, threads: int) -> str:
 
 
 def missing_checkpoints(runs: list[dict]) -> dict[str, dict]:
-    """{hash: config JSON} of the runs still to train (not cached, not the shipped model),
-    each configuration once."""
+    """{hash: config JSON} of the runs still to train (not cached), each configuration once."""
     todo: dict[str, dict] = {}
     for item in runs:
-        if item["hash"] in todo or shipped_matches(item["hash"]):
+        if item["hash"] in todo:
             continue
         if not (checkpoint_root() / item["hash"] / "model.pt").exists():
             todo[item["hash"]] = item["config"].to_json()
@@ -194,8 +198,8 @@ def missing_checkpoints(runs: list[dict]) -> dict[str, dict]:
 
 
 def train_missing(runs: list[dict], jobs: int, threads: int) -> float:
-    """Train the runs' checkpoints that are neither cached nor the shipped model, `jobs` at a
-    time in separate processes (slowest first); returns the wall seconds spent."""
+    """Train the runs' checkpoints that are not cached, `jobs` at a time in separate processes
+    (slowest first); returns the wall seconds spent."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -218,51 +222,53 @@ def _train_weight(config: dict) -> float:
     return config["epochs"] * config["model"]["dim"] * head.get("groups", 1)
 
 
-def shipped_matches(digest: str, path: Path | None = None) -> bool:
-    """Whether the shipped default model was trained with the configuration hashing to
-    `digest` (its provenance records the TrainConfig)."""
-    path = path or SHIPPED
-    if not path.exists():
-        return False
-    return _trained_config_hash(path, path.stat().st_mtime_ns) == digest
-
-
-@functools.lru_cache(maxsize=8)
-def _trained_config_hash(path: Path, mtime_ns: int) -> str | None:
-    """config_hash of the TrainConfig in a checkpoint's provenance, read once per file
-    version (`mtime_ns` is part of the cache key); None when unreadable."""
+def shipped_difference(checkpoint: Path, path: Path | None = None) -> float | None:
+    """Largest absolute difference between the head weights of `checkpoint` and the shipped
+    default model's (None when their shapes differ or the shipped file is missing): 0 means
+    the bench's run is the shipped model."""
     import torch
 
-    from models.train import TrainConfig
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        config = TrainConfig(**payload["provenance"]["train_config"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        log.warning("cannot read the training configuration of %s: %s", path, exc)
+    path = path or SHIPPED
+    if not path.exists():
         return None
-    return config_hash(config)
+    ours = torch.load(checkpoint, map_location="cpu", weights_only=True)["head"]
+    shipped = torch.load(path, map_location="cpu", weights_only=True)["head"]
+    if ours.keys() != shipped.keys() or any(ours[k].shape != shipped[k].shape for k in ours):
+        return None
+    return max(float((ours[k].float() - shipped[k].float()).abs().max()) for k in ours
+               if ours[k].is_floating_point())
 
 
-def plan_runs(budget: str, seeds: list[int] | None = None, ablations: bool = True,
-              skip: tuple[str, ...] = ()) -> list[dict]:
-    """Every (method, seed) training run of the bench, with its config and hash."""
-    if seeds is None:
-        seeds = [0] if budget == "small" else [0, 1, 2]
+def plan_runs(budget: str, seeds: dict[str, list[int]] | None = None, ablations: bool = True,
+              methods: tuple[str, ...] | None = None,
+              datasets: tuple[str, ...] = TRAIN_DATASETS,
+              regimes: tuple[str, ...] | None = None) -> list[dict]:
+    """Every training run of the bench, with its config and hash: each main method × regime ×
+    training dataset × seed (`seeds`: per dataset; default 0 small, 0 1 2 full), then the
+    ablations (VOC, seed 0)."""
+    from models.recipes import REGIMES
+
+    default_seeds = [0] if budget == "small" else [0, 1, 2]
     main_epochs = SMALL_EPOCHS if budget == "small" else None
     runs = []
-    for key, name, recipe in MAIN:
-        if key in skip:
-            continue
-        for seed in seeds:
-            config = resolve_config(recipe, main_epochs, seed)
-            runs.append({"key": key, "name": name, "recipe": recipe, "seed": seed,
-                         "group": "main", "config": config, "hash": config_hash(config)})
+    for dataset in datasets:
+        for regime in regimes or REGIMES:
+            for key, name, recipe, changes in MAIN:
+                if methods is not None and key not in methods:
+                    continue
+                for seed in (seeds or {}).get(dataset, default_seeds):
+                    config = resolve_config(recipe, main_epochs, seed,
+                                            {**changes, "regime": regime, "datasets": [dataset]})
+                    runs.append({"key": key, "name": name, "recipe": recipe, "seed": seed,
+                                 "dataset": dataset, "regime": regime,
+                                 "cell": f"{dataset}/{regime}", "group": "main",
+                                 "config": config, "hash": config_hash(config)})
     if ablations:
         for key, name, recipe in ABLATIONS:
             config = resolve_config(recipe, ABLATION_EPOCHS, 0)
             runs.append({"key": key, "name": name, "recipe": recipe, "seed": 0,
-                         "group": "ablation", "config": config, "hash": config_hash(config)})
+                         "dataset": "voc2007", "group": "ablation", "config": config,
+                         "hash": config_hash(config)})
     return runs
 
 
@@ -562,102 +568,161 @@ def cost_columns(cost: dict, backbones: dict) -> list[str]:
             _ms(cost["end_to_end"], "b1"), _ms(cost["end_to_end"], "b32")]
 
 
+CONSE_NAMES = {"visual": "seen-label classifier", "imagenet-strict": "ImageNet, strict",
+               "imagenet-all": "ImageNet, all classes"}
+
+
+def display_name(key: str, regime: str | None = None) -> str:
+    """A main method's name in a regime (ConSE's classifier differs by regime)."""
+    if key == "random":
+        return "random ranking"
+    names = {k: n for k, n, *_ in MAIN} | {k: n for k, n, _ in ABLATIONS}
+    if key in CONSE_VARIANTS and regime:
+        raw = ", raw vectors" if key == "conse-raw" else ""
+        return f"ConSE ({CONSE_NAMES[regime]}{raw})"
+    return names.get(key, key)
+
+
+def _cells(report: dict, dataset: str) -> list[tuple[str, str, dict]]:
+    """(cell, regime, evaluation) of one training dataset, in regime order."""
+    return [(f"{dataset}/{regime}", regime, report["accuracy"][f"{dataset}/{regime}"])
+            for regime in report["regimes"] if f"{dataset}/{regime}" in report["accuracy"]]
+
+
+def best_of(methods: dict, keys: tuple[str, ...] | list[str]) -> str | None:
+    """The key among `keys` with the highest ZSL mAP (the seed mean)."""
+    present = [k for k in keys if k in methods]
+    return max(present, key=lambda k: methods[k]["zsl"]["map"]) if present else None
+
+
+def _paired(entry: dict, other: str) -> dict | None:
+    return entry.get("map_difference_ci95", {}).get(f"ml2p - {other}")
+
+
+def _interval(d: list[float]) -> str:
+    return f"[{100 * d[0]:+.1f}, {100 * d[1]:+.1f}]"
+
+
+def _per_seed(values: dict) -> str:
+    runs = values.get("per_run_map")
+    return " / ".join(_pct(v) for v in runs) if runs else "–"
+
+
+def accuracy_table(report: dict, dataset: str) -> list[str]:
+    """One row per regime and method: the first test split in full, any other by its mAPs."""
+    splits = TEST_SPLITS[dataset]
+    header = ["regime", "method", "ZSL mAP", "ZSL F1@3", "ZSL F1@5", "GZSL mAP", "GZSL F1@3",
+              "GZSL F1@5", "ZSL mAP per seed"]
+    header += [f"{s.split(':')[1]} {m}" for s in splits[1:] for m in ("ZSL mAP", "GZSL mAP")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, regime, acc in _cells(report, dataset):
+        main = acc["datasets"][splits[0]]["methods"]
+        for key in ["random"] + [k for k, *_ in MAIN if k in main]:
+            v = main[key]
+            cells = [REGIME_SHORT[regime], display_name(key, regime)]
+            cells += [_map_cell(v["zsl"]), _pct(v["zsl"]["f1_3"]), _pct(v["zsl"]["f1_5"]),
+                      _map_cell(v["gzsl"]), _pct(v["gzsl"]["f1_3"]), _pct(v["gzsl"]["f1_5"]),
+                      _per_seed(v["zsl"])]
+            for split in splits[1:]:
+                other = acc["datasets"][split]["methods"][key]
+                cells += [_map_cell(other["zsl"]), _map_cell(other["gzsl"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+REGIME_SHORT = {"visual": "(a) visual", "imagenet-strict": "(b) strict",
+                "imagenet-all": "(b) all classes"}
+
+
 def markdown(report: dict) -> str:
-    acc, cost = report["accuracy"], report.get("cost", {})
+    from models.recipes import REGIME_NAMES
+
+    cost = report.get("cost") or {}
     backbones = cost.get("backbones", {})
-    names = {r["key"]: r["name"] for r in report["runs"]}
-    names["random"] = "random ranking"
+    first = next(iter(report["accuracy"].values()))
+    phases = ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f} min"
+                       for k, v in report.get("phase_seconds", {}).items())
     lines = [
-        "# The paper's comparison: ConSE, Fast0Tag, LESA, BiAM and ML2P",
+        "# The paper's comparison: ConSE, Fast0Tag, LESA, BiAM and ML2P, in two regimes",
         "",
         f"Command: `{report['command']}` ({report['created']}; wall time "
-        f"{report['wall_seconds'] / 60:.1f} min, of which training "
-        f"{report['train_seconds'] / 60:.1f} min; "
-        + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f} min"
-                    for k, v in report.get("phase_seconds", {}).items())
-        + f"). Machine: {report['machine']['cpu']}, "
-        f"{report['machine']['cores']} cores (shared with other jobs; load average "
-        f"{report['machine']['load_average']} at the end), torch {report['machine']['torch']}, "
-        f"{report['threads']} thread(s).",
-        "",
-        f"Budget **{report['budget']}**: {report['budget_note']} Seeds of the main methods: "
-        f"{report['seeds']}. {report['ml2p_note']}",
+        f"{report['wall_seconds'] / 60:.1f} min: {phases}). Training every checkpoint: "
+        f"{report['train_seconds'] / 60:.1f} min of epochs as the checkpoints' histories "
+        "record them (`ml2p bench paper --train-only` with the same flags trains what is "
+        f"missing). Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
+        f"(shared with other jobs; load average {report['machine']['load_average']} at the "
+        f"end), torch {report['machine']['torch']}, {report['threads']} thread(s).",
         "",
         setup_note(report),
         "",
-        f"Accuracy (%): {acc['inclusion_rule']}. mAP with its 95 % bootstrap interval "
-        f"({acc['bootstrap_samples']} resamples of test images).",
-        "",
-        "Cost: params in millions and GFLOPs per image as backbone / head (GFLOPs counted from "
-        "each part's ONNX graph by `models.flops.count_flops`, 1 multiply-add = 2 FLOPs, "
-        f"Conv/MatMul/Gemm; the head includes scoring {SCORED_LABELS} labels); latency in ms "
-        f"per image, end to end (backbone + head), {TIMING_ENGINES[report.get('engine', 'torch')]} "
-        f"fp32 on this CPU, {report['threads']} thread(s), median of "
-        f"{report['runs_per_point']} runs after 3 warm-up runs (p10–p90), every point timed "
-        "round-robin in one loop so that load from other jobs falls on all methods alike.",
+        f"Accuracy (%): {first['inclusion_rule']}. mAP is the mean over seeds, with its 95 % "
+        f"bootstrap interval ({first['bootstrap_samples']} resamples of test images, the same "
+        "resamples for every method of a table, so differences are paired).",
         "",
     ]
-    acc_header = "| method | " + " | ".join(
-        f"{d} {s} {m}" for d in ("VOC", "Emoji") for s in ("ZSL", "GZSL")
-        for m in ("mAP", "F1@3", "F1@5")) + " |"
-    header = acc_header + " params M (bb / head) | GFLOPs (bb / head) | ms/img b1 | ms/img b32 |"
-    ncols = 1 + 12 + 4
-
-    def rows(acc: dict, keys: list[str], with_cost: bool) -> list[str]:
-        out = []
-        for key in keys:
-            cells = [names.get(key, key)]
-            for dataset in DATASETS:
-                values = acc["datasets"][dataset]["methods"].get(key)
-                for setting in ("zsl", "gzsl"):
-                    if values is None:
-                        cells += ["–"] * 3
-                        continue
-                    v = values[setting]
-                    cells += [_map_cell(v), _pct(v["f1_3"]), _pct(v["f1_5"])]
-            if with_cost:
-                project_cost = cost.get("project", {}).get(key)
-                cells += (cost_columns(project_cost, backbones) if project_cost else ["–"] * 4)
-            out.append("| " + " | ".join(cells) + " |")
-        return out
-
-    main_keys = ["random"] + [k for k, _, _ in MAIN if k in acc["datasets"][DATASETS[0]]
-                              ["methods"]]
-    lines += ["## Main comparison (this project's configuration)", "", header,
-              "|" + "---|" * ncols] + rows(acc, main_keys, True)
-    lines.append("")
-    for dataset in DATASETS:
-        diffs = acc["datasets"][dataset].get("map_difference_ci95", {})
-        if diffs:
-            parts = [f"{names.get(p.split(' - ')[1], p)} ZSL [{100 * d['zsl'][0]:+.1f}, "
-                     f"{100 * d['zsl'][1]:+.1f}] GZSL [{100 * d['gzsl'][0]:+.1f}, "
-                     f"{100 * d['gzsl'][1]:+.1f}]" for p, d in diffs.items()]
-            lines.append(f"ML2P − other mAP on {dataset}, 95 % paired bootstrap interval: "
-                         + "; ".join(parts) + ".")
-    outside = [d for d in DATASETS for v in acc["datasets"][d]["methods"].values()
-               for st in ("zsl", "gzsl") if "map_ci95" in v[st]
-               and not v[st]["map_ci95"][0] <= v[st]["map"] <= v[st]["map_ci95"][1]]
-    if outside:
-        lines.append(
-            f"Note: on {', '.join(sorted(set(outside)))} some mAP estimates lie outside their "
-            "bootstrap interval: a resample leaves out the labels with few positive test images "
-            "(labels without a positive are skipped in mAP), and those have low AP, so the "
-            "resampled mAP is biased upward; compare methods there by the paired differences.")
-    info = [f"{d}: {acc['datasets'][d]['test_images']} test images, "
-            f"{acc['datasets'][d]['labels']} labels ({acc['datasets'][d]['unseen_labels']} "
-            "unseen)" for d in DATASETS]
-    lines += ["", "Test sets: " + "; ".join(info) + ".", ""]
-    lines += report.get("verdict", [])
+    for dataset in report["datasets"]:
+        cells = _cells(report, dataset)
+        if not cells:
+            continue
+        entry = cells[0][2]["datasets"][TEST_SPLITS[dataset][0]]
+        version = entry.get("dataset_version")
+        lines += [f"## {dataset}" + (f" v{version}" if version else "")
+                  + f": trained on its seen labels, seeds {report['seeds'][dataset]}", "",
+                  "Test: " + "; ".join(
+                      f"{split}: {e['test_images']} images, {e['labels']} labels "
+                      f"({e['unseen_labels']} unseen)"
+                      for split, e in cells[0][2]["datasets"].items()) + ".", ""]
+        lines += accuracy_table(report, dataset)
+        lines.append("")
+        for _, regime, acc in cells:
+            diffs = acc["datasets"][TEST_SPLITS[dataset][0]].get("map_difference_ci95", {})
+            if diffs:
+                lines.append(f"ML2P − other, {REGIME_NAMES[regime]}, paired 95 % interval of "
+                             "the mAP difference: " + "; ".join(
+                                 f"{display_name(p.split(' - ')[1], regime)} ZSL "
+                                 f"{_interval(d['zsl'])} GZSL {_interval(d['gzsl'])}"
+                                 for p, d in diffs.items()) + ".")
+                lines.append("")
+    lines += ["## Verdict", ""] + report.get("verdict", [])
+    if report.get("shipped_max_abs_difference") is not None:
+        lines += ["", "The VOC regime (b) all-classes ML2P run of seed 0 is the shipped model "
+                  "`models/weights/default.pt` retrained by the same recipe: the largest "
+                  "absolute difference between their head weights is "
+                  f"{report['shipped_max_abs_difference']:.2g}."]
     abl = report.get("ablation_accuracy")
     if abl:
-        abl_keys = [k for k, _, _ in ABLATIONS if k in abl["datasets"][DATASETS[0]]["methods"]]
         same = report.get("ablation_same_as", {})
-        lines += ["", f"## ML2P ablations (smaller budget: {ABLATION_EPOCHS} epoch(s), seed 0)", "",
-                  "Each row is the default recipe with one setting changed; rows with the same "
-                  "configuration share one checkpoint (" + (", ".join(
-                      f"{names[k]} = {names[v]}" for k, v in same.items()) or "none") + ").",
-                  "", acc_header, "|" + "---|" * (ncols - 4)]
-        lines += rows(abl, abl_keys, False)
+        lines += ["", f"## ML2P ablations (voc2007, {ABLATION_EPOCHS} epoch(s), seed 0)", "",
+                  "Each row is the default recipe (regime (b), all classes) with one setting "
+                  "changed; rows with the same configuration share one checkpoint ("
+                  + (", ".join(f"{display_name(k)} = {display_name(v)}"
+                               for k, v in same.items()) or "none") + ").", "",
+                  "| method | ZSL mAP | ZSL F1@3 | ZSL F1@5 | GZSL mAP | GZSL F1@3 | GZSL F1@5 |",
+                  "|---|---|---|---|---|---|---|"]
+        methods = abl["datasets"]["voc2007"]["methods"]
+        for key, name, _ in ABLATIONS:
+            if key in methods:
+                v = methods[key]
+                lines.append(f"| {name} | " + " | ".join(
+                    _pct(v[st][m]) for st in ("zsl", "gzsl") for m in ("map", "f1_3", "f1_5"))
+                    + " |")
+    if cost.get("project"):
+        lines += ["", "## Cost (voc2007 models; the head, not the data, sets it)", "",
+                  "Params in millions and GFLOPs per image as backbone / head (GFLOPs counted "
+                  "from each part's ONNX graph by `models.flops.count_flops`, 1 multiply-add = "
+                  f"2 FLOPs, Conv/MatMul/Gemm; the head includes scoring {SCORED_LABELS} "
+                  "labels; with ImageNet evidence the backbone includes its classifier); "
+                  "latency in ms per image, end to end (backbone + head), "
+                  f"{TIMING_ENGINES[report.get('engine', 'torch')]} fp32 on this CPU, "
+                  f"{report['threads']} thread(s), median of {report['runs_per_point']} runs "
+                  "after 3 warm-up runs (p10–p90), every point timed round-robin in one loop "
+                  "so that load from other jobs falls on all methods alike.", "",
+                  "| regime | method | params M (bb / head) | GFLOPs (bb / head) | ms/img b1 "
+                  "| ms/img b32 |", "|---|---|---|---|---|---|"]
+        for key, entry in cost["project"].items():
+            regime, method = key.split("/")
+            lines.append(f"| {REGIME_SHORT[regime]} | {display_name(method, regime)} | "
+                         + " | ".join(cost_columns(entry, backbones)) + " |")
     if cost.get("paper"):
         lines += ["", "## Paper configuration, cost only (VGG19-BN at 224, random weights, "
                   f"D = {PAPER_DIM})", "",
@@ -676,127 +741,135 @@ def markdown(report: dict) -> str:
             f"{k}: {v['params'] / 1e6:.2f} M params, {v['gflops']:.2f} GFLOPs, "
             f"{_ms(v['latency'], 'b1')} ms/img b1, {_ms(v['latency'], 'b32')} ms/img b32"
             for k, v in backbones.items()) + "."]
-    lines += ["", "Figure: `paper_comparison.png` (ZSL mAP, inference time, GFLOPs).", ""]
+    lines += ["", "Figure: `paper_comparison.png` (ZSL mAP per regime, inference time, "
+              "GFLOPs).", ""]
     return "\n".join(lines)
 
 
 def setup_note(report: dict) -> str:
     """What every method shares, read from the configurations that were trained."""
-    configs = {r["key"]: r.get("config") for r in report["runs"] if r.get("config")}
-    ml2p = configs.get("ml2p") or next(iter(configs.values()), None)
-    if ml2p is None:
-        return ""
-    head = ml2p["model"]["head_kwargs"]
-    evidence = (f" The ML2P default also reads the backbone's ImageNet probabilities "
-                f"(`imagenet_evidence_dim` {head['imagenet_evidence_dim']}, `evidence_init` "
-                f"{ml2p.get('evidence_init', 'zeros')})."
-                if head.get("imagenet_evidence_dim") else "")
+    configs = [r["config"] for r in report["runs"] if r["group"] == "main"]
+    ml2p = next((c for c in configs if c["model"]["head"] == "ml2p"), configs[0])
+    epochs = sorted({c["epochs"] for c in configs if c["model"]["head"] != "conse"})
+    versions = ", ".join(f"{k} v{v}" for k, v in report.get("dataset_versions", {}).items() if v)
     return (
-        "Every method: the same frozen EfficientNet-Lite0 features (cached), training on "
-        f"{' + '.join(ml2p['datasets'])} with every label unseen in "
-        f"{' or '.join(ml2p['eval_datasets'])} removed, the same label side (MiniLM sentence "
-        f"vectors, centred, projection to D = {ml2p['model']['dim']}), the same optimiser "
-        f"(AdamW, lr {ml2p['lr']}, batch {ml2p['batch_size']}), epochs and ImageNet "
-        f"distillation weight ({ml2p['distill_weight']}): the default recipe with the head "
-        "swapped (`models/recipes/<method>.json`), each head with its own loss (method.md §3). "
-        f"ML2P default head: {json.dumps(head)}.{evidence} Taps: Fast0Tag pools the stride-32 "
-        "tap (its original maps a global fc7 feature); LESA and BiAM attend over the stride-16 "
-        "tap (VGG's 14×14 conv5 grid at 224; BiAM's global feature is the pooled stride-32 "
-        "tap); ConSE reads the backbone's own ImageNet logits (T = 10; ImageNet classes naming "
-        "an unseen label excluded, or all 1000 kept in the 'all ImageNet classes' row).")
+        f"Budget **{report['budget']}**: {', '.join(map(str, epochs))} epoch(s) for every "
+        f"trained head; seeds per training dataset {report['seeds']}"
+        + (f"; dataset versions: {versions}" if versions else "") + ". "
+        "Each dataset trains its own methods on its seen labels (every label unseen in "
+        f"{' or '.join(ml2p['eval_datasets'])} removed from training) and tests them on its own "
+        "test splits (EmojiTags: the same-style test split, and the held-out openmoji art style "
+        "as `test-shift`, the style-shift column). Every method: the same frozen "
+        "EfficientNet-Lite0 features (cached), the same label side (MiniLM sentence vectors, "
+        f"centred, projection to D = {ml2p['model']['dim']}; ConSE: D = 384, no projection, "
+        "centred or raw), the same optimiser (AdamW, "
+        f"lr {ml2p['lr']}, batch {ml2p['batch_size']}) and epochs: the default recipe with the "
+        "head swapped (`models/recipes/<method>.json`), each head with its own loss (method.md "
+        f"§3). ML2P head: {json.dumps(ml2p['model']['head_kwargs'])}. Regimes (`TrainConfig."
+        "regime`, method.md §3): **(a) visual** — the backbone's taps only, ConSE over a "
+        "classifier trained on the dataset's seen labels (a Linear over the pooled stride-32 "
+        "tap, BCE); **(b) strict** — the backbone's ImageNet probabilities offered to every "
+        "head through the same input (`models/heads/evidence.py`: a Linear C → D started at "
+        "the class names' label vectors, added to ML2P's group vectors and Fast0Tag's "
+        "direction, appended to LESA's and BiAM's features with w_l appended to their label "
+        "classifiers), without the ImageNet classes that name an unseen label "
+        "(`models/assets/imagenet_excluded.tsv`), ConSE over the kept ImageNet classes; "
+        "**(b) all classes** — the same with all 1000 classes (what the shipped model uses). "
+        "Taps: Fast0Tag pools the stride-32 tap (its original maps a global fc7 feature); LESA "
+        "and BiAM attend over the stride-16 tap (VGG's 14×14 conv5 grid at 224; BiAM's global "
+        "feature is the pooled stride-32 tap); ConSE mixes its T = 10 most probable classes.")
 
 
-def verdict(acc: dict, names: dict) -> list[str]:
-    """Whether ML2P tops the ZSL mAP column on each dataset, and by how much."""
+def verdict(report: dict) -> list[str]:
+    """Per dataset and regime: ML2P against the strongest other method and the strongest
+    ConSE variant, by ZSL mAP, with the paired interval of the difference."""
+    from models.recipes import REGIME_NAMES
+
     out = []
-    for dataset in DATASETS:
-        methods = acc["datasets"][dataset]["methods"]
-        if "ml2p" not in methods:
-            continue
-        others = {k: v["zsl"]["map"] for k, v in methods.items() if k not in ("ml2p", "random")}
-        if not others:
-            continue
-        best = max(others, key=others.get)
-        margin = methods["ml2p"]["zsl"]["map"] - others[best]
-        word = "tops" if margin > 0 else "does not top"
-        ours = _pct(methods["ml2p"]["zsl"]["map"])
-        line = (f"- {dataset}: ML2P {word} the ZSL mAP column: {ours}"
-                f" vs the best baseline {names.get(best, best)} {_pct(others[best])} "
-                f"({100 * margin:+.1f} points")
-        paired = acc["datasets"][dataset].get("map_difference_ci95", {}).get(f"ml2p - {best}")
-        if paired:
-            lo, hi = paired["zsl"]
-            line += (f"; paired 95 % interval [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                     + (", which includes 0: not a significant difference" if lo <= 0 <= hi
-                        else ""))
-        random = methods.get("random", {}).get("zsl", {}).get("map")
-        if random is not None and methods["ml2p"]["zsl"]["map"] < 2 * random:
-            line += (f"; every method is within 2× of a random ranking ({_pct(random)}) "
-                     "here")
-        out.append(line + ").")
+    for dataset in report["datasets"]:
+        for _, regime, acc in _cells(report, dataset):
+            for split in TEST_SPLITS[dataset]:
+                entry = acc["datasets"][split]
+                methods = entry["methods"]
+                if "ml2p" not in methods:
+                    continue
+                ours = methods["ml2p"]["zsl"]["map"]
+                parts = []
+                for label, keys in (("strongest other method",
+                                     [k for k in methods if k not in ("ml2p", "random")]),
+                                    ("strongest ConSE variant", CONSE_VARIANTS)):
+                    best = best_of(methods, keys)
+                    if best is None:
+                        continue
+                    margin = ours - methods[best]["zsl"]["map"]
+                    text = (f"{label} {display_name(best, regime)} "
+                            f"{_pct(methods[best]['zsl']['map'])} ({100 * margin:+.1f}")
+                    paired = _paired(entry, best)
+                    if paired:
+                        lo, hi = paired["zsl"]
+                        text += (f"; paired {_interval(paired['zsl'])}, "
+                                 + ("above 0" if lo > 0 else "below 0" if hi < 0
+                                    else "includes 0"))
+                    parts.append(text + ")")
+                random = methods.get("random", {}).get("zsl", {}).get("map")
+                line = (f"- {split}, {REGIME_NAMES[regime]}: ML2P ZSL mAP {_pct(ours)}, GZSL "
+                        f"{_pct(methods['ml2p']['gzsl']['map'])}; " + "; ".join(parts))
+                if random is not None:
+                    line += f"; random ranking {_pct(random)}"
+                out.append(line + ".")
     return out
 
 
 def figure(report: dict, path: Path) -> Path:
-    """Three bar charts as the poster: ZSL mAP, inference time, GFLOPs."""
+    """ZSL mAP per regime for each training dataset, then inference time and GFLOPs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc, cost = report["accuracy"], report.get("cost", {})
-    names = {r["key"]: r["name"] for r in report["runs"]}
-    keys = [k for k, _, _ in MAIN if k in acc["datasets"][DATASETS[0]]["methods"]]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), dpi=80,
-                             gridspec_kw={"width_ratios": [1, 1.4, 1.4]})
-    x = np.arange(len(keys))
-    width = 0.38
-    for i, dataset in enumerate(DATASETS):
-        vals = [100 * acc["datasets"][dataset]["methods"][k]["zsl"]["map"] for k in keys]
-        bars = axes[0].bar(x + (i - 0.5) * width, vals, width, label=dataset)
-        axes[0].bar_label(bars, fmt="%.1f", fontsize=7)
-    axes[0].set_xticks(x, [textwrap.fill(names[k], 12) for k in keys], fontsize=8)
-    axes[0].set_ylabel("ZSL mAP (%)")
-    axes[0].set_title("Zero-shot mAP (Lite0 features)")
-    axes[0].legend(fontsize=8)
-
-    backbones = cost.get("backbones", {})
-    paper_names = {k: n for k, n, _ in PAPER_HEADS}
-
-    def panel(ax, metric: Callable, ylabel: str, title: str) -> None:  # noqa: ANN001
-        """Per method two bars: whole model (backbone + head) and head alone; log scale."""
-        labels, xs, totals, heads = [], [], [], []
-        offset = 0
-        for group, tag in (("project", "Lite0"), ("paper", "VGG")):
-            for key, entry in cost.get(group, {}).items():
-                total, head = metric(backbones[entry["backbone"]], entry)
-                name = (names if group == "project" else paper_names).get(key, key)
-                labels.append(f"{textwrap.fill(name, 12)}"
-                              f"\n{tag}")
-                xs.append(offset)
-                totals.append(total)
-                heads.append(head)
-                offset += 1
-            offset += 0.6
-        xs_arr = np.array(xs)
-        tiny = min([v for v in heads + totals if v > 0] or [1.0]) / 10
-        bars = ax.bar(xs_arr - 0.2, totals, 0.4, color="#7f7f7f", label="backbone + head")
-        ax.bar_label(bars, fmt="%.3g", fontsize=6)
-        bars = ax.bar(xs_arr + 0.2, [max(h, tiny) for h in heads], 0.4, color="#1f77b4",
-                      label="head alone")
-        ax.bar_label(bars, labels=[f"{h:.2g}" for h in heads], fontsize=6)
-        ax.set_xticks(xs_arr, labels, fontsize=7)
-        ax.set_ylabel(ylabel)
-        ax.set_yscale("log")
-        ax.set_title(title)
+    cost = report.get("cost") or {}
+    datasets = [d for d in report["datasets"] if _cells(report, d)]
+    panels = len(datasets) + (2 if cost.get("project") else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8), dpi=80, squeeze=False)
+    axes = axes[0]
+    for ax, dataset in zip(axes, datasets, strict=False):
+        cells = _cells(report, dataset)
+        split = TEST_SPLITS[dataset][0]
+        keys = ["conse-best", "fast0tag", "lesa", "biam", "ml2p"]
+        width = 0.8 / len(cells)
+        for i, (_, regime, acc) in enumerate(cells):
+            methods = acc["datasets"][split]["methods"]
+            best = best_of(methods, CONSE_VARIANTS)
+            vals = [100 * methods[best if k == "conse-best" else k]["zsl"]["map"]
+                    if (best if k == "conse-best" else k) in methods else 0.0 for k in keys]
+            bars = ax.bar(np.arange(len(keys)) + (i - (len(cells) - 1) / 2) * width, vals,
+                          width, label=REGIME_SHORT[regime])
+            ax.bar_label(bars, fmt="%.1f", fontsize=6)
+        if "random" in cells[0][2]["datasets"][split]["methods"]:
+            ax.axhline(100 * cells[0][2]["datasets"][split]["methods"]["random"]["zsl"]["map"],
+                       color="grey", linestyle=":", label="random ranking")
+        ax.set_xticks(np.arange(len(keys)), ["ConSE (best)", "Fast0Tag", "LESA", "BiAM",
+                                              "ML2P"], fontsize=8)
+        ax.set_ylabel("ZSL mAP (%)")
+        ax.set_title(f"{split}: zero-shot mAP by regime")
         ax.legend(fontsize=7)
-
-    panel(axes[1], lambda b, e: (e["end_to_end"]["b1"]["median_ms_per_image"],
-                                 e["head"]["latency"]["b1"]["median_ms_per_image"]),
-          "ms per image, batch 1 (log)",
-          f"Inference time, CPU {report.get('engine', 'torch')}, {report['threads']} thread(s)")
-    panel(axes[2], lambda b, e: (b["gflops"] + e["head"]["gflops"], e["head"]["gflops"]),
-          "GFLOPs per image (log)", "GFLOPs")
+    if cost.get("project"):
+        backbones = cost["backbones"]
+        keys = list(cost["project"])
+        labels = [textwrap.fill(f"{display_name(k.split('/')[1], k.split('/')[0])} "
+                                f"{REGIME_SHORT[k.split('/')[0]]}", 16) for k in keys]
+        for ax, (metric, ylabel, title) in zip(axes[len(datasets):], (
+                (lambda e: e["end_to_end"]["b1"]["median_ms_per_image"],
+                 "ms per image, batch 1", f"Inference time, CPU {report.get('engine')}, "
+                 f"{report['threads']} thread(s)"),
+                (lambda e: backbones[e["backbone"]]["gflops"] + e["head"]["gflops"],
+                 "GFLOPs per image", "GFLOPs (backbone + head)")), strict=True):
+            vals = [metric(cost["project"][k]) for k in keys]
+            bars = ax.bar(np.arange(len(keys)), vals, color="#7f7f7f")
+            ax.bar_label(bars, fmt="%.3g", fontsize=6)
+            ax.set_xticks(np.arange(len(keys)), labels, fontsize=6, rotation=90)
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
@@ -809,18 +882,26 @@ def figure(report: dict, path: Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `ml2p bench paper`."""
+    from models.recipes import REGIMES
+
     parser.add_argument("--budget", choices=["small", "full"], default="small",
-                        help="small: every run at the small epoch budget; full: the recipes' "
-                             "epochs and 3 seeds for the main methods (ablations stay small)")
+                        help="small: every run at the small epoch budget, seed 0; full: the "
+                             "recipes' epochs and seeds 0 1 2 (ablations stay small)")
     parser.add_argument("--seeds", type=int, nargs="+",
-                        help="training seeds of the main methods (default: 0 small, 0 1 2 full)")
-    parser.add_argument("--ml2p-checkpoint", nargs="+", metavar="CKPT",
-                        help="use these default-model checkpoints for the ML2P row instead of "
-                             "training the default recipe through the cache")
-    parser.add_argument("--methods", nargs="+", metavar="NAME",
-                        choices=["conse", "conse-all", "fast0tag", "lesa", "biam", "ml2p"],
+                        help="training seeds of the main methods on every dataset (default: "
+                             "0 small, 0 1 2 full)")
+    parser.add_argument("--dataset-seeds", action="append", default=[],
+                        metavar="DATASET=S[,S...]",
+                        help="seeds for one training dataset instead, e.g. emojitags=0")
+    parser.add_argument("--datasets", nargs="+", choices=TRAIN_DATASETS,
+                        default=list(TRAIN_DATASETS), help="training datasets (default: both)")
+    parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES),
+                        help="regimes (default: all three)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME", choices=[k for k, *_ in MAIN],
                         help="only these main methods (default: all)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the ML2P ablations")
+    parser.add_argument("--no-cost", action="store_true",
+                        help="skip the cost measurement (parameters, GFLOPs, latency)")
     parser.add_argument("--no-paper-config", action="store_true",
                         help="skip the VGG19-BN paper-configuration cost measurement")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per latency point")
@@ -839,6 +920,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train (or find) every checkpoint and stop")
 
 
+def seeds_by_dataset(args: argparse.Namespace) -> dict[str, list[int]]:
+    default = args.seeds or ([0] if args.budget == "small" else [0, 1, 2])
+    seeds = {d: list(default) for d in TRAIN_DATASETS}
+    for item in args.dataset_seeds:
+        dataset, sep, values = item.partition("=")
+        if not sep or dataset not in TRAIN_DATASETS:
+            raise SystemExit(f"--dataset-seeds expects DATASET=S[,S...] with DATASET one of "
+                             f"{', '.join(TRAIN_DATASETS)}; got {item!r}")
+        seeds[dataset] = [int(v) for v in values.split(",") if v]
+    return seeds
+
+
+def history_seconds(checkpoint: Path) -> float:
+    """The epochs' own training seconds, as the checkpoint's history records them."""
+    import torch
+
+    history = torch.load(checkpoint, map_location="cpu", weights_only=True).get("history") or []
+    return float(sum(r.get("seconds", 0.0) for r in history))
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -847,54 +948,44 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     if args.runs < 20:
         log.warning("--runs %d: fewer than the 20 timed runs the report promises", args.runs)
-    wanted = set(args.methods or [k for k, _, _ in MAIN])
-    skip = tuple(k for k, _, _ in MAIN if k not in wanted or (k == "ml2p" and args.ml2p_checkpoint))
-    runs = plan_runs(args.budget, args.seeds, not args.no_ablations, skip)
-    train_seconds = train_missing(runs, args.jobs, args.threads) if args.jobs > 1 else 0.0
-    checkpoints: dict[str, dict] = {}
-    shipped_used: list[int] = []
-    for item in sorted(runs, key=lambda r: _cost_rank(r["key"])):
-        t0 = time.perf_counter()
-        log.info("checkpoint %s seed %d (%s)", item["key"], item["seed"], item["hash"])
-        if shipped_matches(item["hash"]):
-            path, cached = SHIPPED, True  # the shipped default model is this very config
-            if item["key"] == "ml2p":
-                shipped_used.append(item["seed"])
-        else:
-            path, cached = ensure_checkpoint(item["config"])
+    runs = plan_runs(args.budget, seeds_by_dataset(args), not args.no_ablations,
+                     tuple(args.methods) if args.methods else None, tuple(args.datasets),
+                     tuple(args.regimes))
+    if args.jobs > 1:
+        train_missing(runs, args.jobs, args.threads)
+    for item in sorted(runs, key=lambda r: _cost_rank(r)):
+        log.info("checkpoint %s %s seed %d (%s)", item.get("cell", "ablation"), item["key"],
+                 item["seed"], item["hash"])
+        path, cached = ensure_checkpoint(item["config"])
         item.update(checkpoint=str(path), cached=cached,
-                    train_seconds=round(time.perf_counter() - t0, 1))
-        train_seconds += 0 if cached else time.perf_counter() - t0
-        checkpoints.setdefault(item["key"], {})[item["seed"]] = path
-    if args.ml2p_checkpoint:
-        checkpoints["ml2p"] = dict(enumerate(Path(p) for p in args.ml2p_checkpoint))
-        runs.append({"key": "ml2p", "name": "ML2P", "recipe": "default", "group": "main",
-                     "seed": None, "checkpoint": args.ml2p_checkpoint, "cached": True,
-                     "hash": None})
+                    train_seconds=round(history_seconds(path), 1))
     if args.train_only:
         for item in runs:
-            print(f"{item['key']:18s} seed {item['seed']}  {item['hash']}  "
-                  f"{'cached' if item['cached'] else 'trained'}  {item['checkpoint']}")
+            print(f"{item.get('cell', 'ablation'):28s} {item['key']:16s} seed {item['seed']}  "
+                  f"{item['hash']}  {'cached' if item['cached'] else 'trained'}  "
+                  f"{item['train_seconds']:.0f} s  {item['checkpoint']}")
         return {"runs": runs}
 
     from models.evaluate import evaluate_methods
 
     command = " ".join(["ml2p bench paper", *args.argv])
-    main = {k: [checkpoints[k][s] for s in sorted(checkpoints[k])] for k, _, _ in MAIN
-            if k in checkpoints}
-    log.info("evaluating %s", list(main))
     phases = {"checkpoints": round(time.perf_counter() - started, 1)}
     t0 = time.perf_counter()
-    accuracy = evaluate_methods(main, list(DATASETS), bootstrap=args.bootstrap, command=command)
+    accuracy: dict[str, dict] = {}
+    main_runs = [r for r in runs if r["group"] == "main"]
+    for cell in dict.fromkeys(r["cell"] for r in main_runs):
+        in_cell = [r for r in main_runs if r["cell"] == cell]
+        methods = {k: [Path(r["checkpoint"]) for r in sorted(in_cell, key=lambda r: r["seed"])
+                       if r["key"] == k] for k, *_ in MAIN if any(r["key"] == k for r in in_cell)}
+        log.info("evaluating %s: %s", cell, list(methods))
+        accuracy[cell] = evaluate_methods(methods, list(TEST_SPLITS[in_cell[0]["dataset"]]),
+                                          bootstrap=args.bootstrap, command=command)
     phases["evaluation"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     ablation_accuracy, same_as = None, {}
     ablation_runs = [r for r in runs if r["group"] == "ablation"]
     if ablation_runs:
         by_hash: dict[str, str] = {}
-        for r in runs:  # the main ML2P seed-0 run first, so an identical ablation points at it
-            if r["group"] == "main" and r["key"] == "ml2p" and r["seed"] == 0 and r["hash"]:
-                by_hash[r["hash"]] = "ml2p"
         for r in ablation_runs:
             if r["hash"] in by_hash:
                 same_as[r["key"]] = by_hash[r["hash"]]
@@ -902,44 +993,39 @@ def run(args: argparse.Namespace) -> dict:
                 by_hash[r["hash"]] = r["key"]
         log.info("evaluating the ablations")
         ablation_accuracy = evaluate_methods(
-            {r["key"]: [Path(r["checkpoint"])] for r in ablation_runs}, list(DATASETS),
+            {r["key"]: [Path(r["checkpoint"])] for r in ablation_runs}, ["voc2007"],
             bootstrap=0, random=False, command=command)
     phases["ablation_evaluation"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    cost = measure_cost({k: main[k][0] for k in main}, args.runs, paper=not args.no_paper_config,
-                        engine=args.engine, threads=args.threads)
-    phases["cost"] = round(time.perf_counter() - t0, 1)
-    names = {r["key"]: r["name"] for r in runs}
-    budget_note = (f"main methods {SMALL_EPOCHS} epochs (the default recipe's other settings "
-                   "unchanged), one seed" if args.budget == "small" else
-                   "main methods at their recipe's epochs")
-    budget_note += f"; ablations {ABLATION_EPOCHS} epoch(s), seed 0."
-    if args.ml2p_checkpoint:
-        ml2p_note = f"The ML2P row is the default model's checkpoint(s) {args.ml2p_checkpoint}."
-    elif shipped_used:
-        ml2p_note = (f"The ML2P row (seed {shipped_used}) is the shipped default model "
-                     f"`{SHIPPED.relative_to(REPO)}`: its training configuration hashes to "
-                     "this budget's default-recipe run, so it is used as that run's checkpoint.")
-    else:
-        ml2p_note = ("The ML2P row is the default recipe's model trained here through the same "
-                     "config-hash cache at this budget (no shipped default model with this "
-                     "configuration existed when this ran).")
+    cost = None
+    if not args.no_cost:
+        t0 = time.perf_counter()
+        # one checkpoint per (regime, method) on VOC: the head, not the data, sets the cost
+        project = {f"{r['regime']}/{r['key']}": Path(r["checkpoint"]) for r in main_runs
+                   if r["dataset"] == "voc2007" and r["key"] != "conse-raw"}
+        cost = measure_cost(project, args.runs, paper=not args.no_paper_config,
+                            engine=args.engine, threads=args.threads)
+        phases["cost"] = round(time.perf_counter() - t0, 1)
+    shipped_seed0 = next((r for r in main_runs if r["cell"] == "voc2007/imagenet-all"
+                          and r["key"] == "ml2p" and r["seed"] == 0), None)
     report = {
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "budget": args.budget, "budget_note": budget_note, "ml2p_note": ml2p_note,
-        "small_epochs": SMALL_EPOCHS, "ablation_epochs": ABLATION_EPOCHS,
-        "seeds": sorted({r["seed"] for r in runs
-                         if r["group"] == "main" and r["seed"] is not None}),
+        "budget": args.budget, "small_epochs": SMALL_EPOCHS, "ablation_epochs": ABLATION_EPOCHS,
+        "seeds": seeds_by_dataset(args), "datasets": args.datasets, "regimes": args.regimes,
+        "dataset_versions": {split: entry["dataset_version"] for cell in accuracy.values()
+                             for split, entry in cell["datasets"].items()},
         "threads": args.threads, "runs_per_point": args.runs, "engine": args.engine,
         "runs": [{k: v for k, v in r.items() if k != "config"}
-                 | {"config": r["config"].to_json() if "config" in r else None} for r in runs],
+                 | {"config": r["config"].to_json()} for r in runs],
         "accuracy": accuracy,
         "ablation_accuracy": ablation_accuracy, "ablation_same_as": same_as,
         "cost": cost,
-        "train_seconds": round(train_seconds, 1), "phase_seconds": phases,
+        "shipped_max_abs_difference": (shipped_difference(Path(shipped_seed0["checkpoint"]))
+                                       if shipped_seed0 else None),
+        "train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
+        "phase_seconds": phases,
     }
-    report["verdict"] = verdict(accuracy, names)
+    report["verdict"] = verdict(report)
     report["machine"] = machine()
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
@@ -951,10 +1037,12 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def _cost_rank(key: str) -> int:
-    """Cheap runs first, so a partial run already has most of the table."""
-    order = ["conse", "conse-all", "fast0tag", "lesa", "ml2p"]
-    return order.index(key) if key in order else (10 if key == "biam" else 5)
+def _cost_rank(run: dict) -> tuple[int, int, int]:
+    """Cheap runs first (VOC before EmojiTags, seed by seed), so a partial run already has most
+    of the table."""
+    order = ["conse", "conse-raw", "fast0tag", "lesa", "ml2p", "biam"]
+    return (run["dataset"] != "voc2007", run["seed"],
+            order.index(run["key"]) if run["key"] in order else 4)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ Targets follow `models.losses`: int8 [B, L], 1 positive, 0 negative, -1 unknown 
 - BiAM and LESA share one ranking loss in their released code: the hinge
   `max(0, 1 + s_n − s_p)` summed over pairs and divided by the number of *violating* pairs
   (+1e-8), then averaged over every image of the batch (images without a pair count as 0).
+- ConSE with a seen-label classifier (regime (a)): per-label BCE over the known pairs.
 - LESA adds three small regularisers (weights of its NUS-WIDE zero-shot script):
   attention-distribution 0.1, attention-global 0.001, attention-span (orthogonality) 0.01;
   the optional L2 on the conv weights is off there (`is_regularizer=False`) and here.
@@ -111,6 +112,17 @@ def lesa_loss(head: nn.Module, out: torch.Tensor, labels: torch.Tensor, targets:
     return loss, stats
 
 
+def seen_classifier_loss(logits: torch.Tensor, targets: torch.Tensor,
+                         label_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ConSE's seen-label classifier (regime (a)): BCE over the known (image, label) pairs."""
+    known = targets >= 0  # [B, L]
+    if label_mask is not None:
+        known = known & label_mask
+    losses = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype),
+                                                reduction="none")
+    return (losses * known).sum() / known.sum().clamp(min=1)
+
+
 def baseline_loss(name: str, head: nn.Module, out: torch.Tensor, labels: torch.Tensor,
                   targets: torch.Tensor, label_mask: torch.Tensor | None = None,
                   **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
@@ -125,7 +137,10 @@ def baseline_loss(name: str, head: nn.Module, out: torch.Tensor, labels: torch.T
     elif name == "lesa":
         return lesa_loss(head, out, labels, targets, label_mask, **kwargs)
     elif name == "conse":
-        raise ValueError("ConSE is training-free; it has no loss")
+        if not getattr(head, "trainable", False):
+            raise ValueError("ConSE over the ImageNet classifier is training-free; it has no loss")
+        loss = seen_classifier_loss(head.aux["logits"], targets, label_mask)
+        return loss, {"bce": float(loss.detach())}
     else:
         raise KeyError(f"no baseline loss for head {name!r}")
     return loss, {"rank": float(loss.detach())}
@@ -139,4 +154,5 @@ __all__ = [
     "hinge_rank_loss",
     "lesa_loss",
     "rank_net_loss",
+    "seen_classifier_loss",
 ]

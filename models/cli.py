@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from models.recipes import apply_overrides, load_recipe
+from models.recipes import REGIMES, apply_overrides, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_OUT = "runs/eval/accuracy.json"
@@ -39,6 +39,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.seed is not None and args.seeds:
         raise SystemExit("ml2p train: give --seed or --seeds, not both")
     recipe = apply_overrides(load_recipe(args.recipe), args.set or [])
+    if args.regime:
+        recipe["regime"] = args.regime
     # one run per seed, each in OUT/seed<N> (--seeds), or one run in OUT
     runs = [(seed, Path(args.out) / f"seed{seed}") for seed in args.seeds] if args.seeds \
         else [(args.seed, Path(args.out))]
@@ -167,6 +169,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="also write each checkpoint with fp16 storage (<name>-fp16.pt)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a recipe field, e.g. --set model.dim=64 --set lam=0.4")
+    train.add_argument("--regime", choices=REGIMES,
+                       help="what the head reads besides the backbone's taps (method.md §3): "
+                            "visual = (a), visual features only; imagenet-strict / imagenet-all "
+                            "= (b), the ImageNet classifier's probabilities without / with the "
+                            "classes that name an unseen label (default: the recipe's)")
     train.add_argument("--restart", action="store_true", help="ignore an existing train_state")
     train.set_defaults(func=cmd_train)
 

@@ -17,7 +17,11 @@ import torch
 from artifact.manifest import Calibration, label_novelty
 from models.heads import create_head
 from models.label_embedders import create_embedder
-from models.metrics import evaluate_zsl_gzsl, mean_average_precision, probability_quality
+from models.metrics import (
+    ResampledAP,
+    evaluate_zsl_gzsl,
+    probability_quality,
+)
 from models.tagger import load_checkpoint
 from models.train import SplitData, load_split, predict
 from models.vocab import imagenet_class_names
@@ -72,20 +76,28 @@ def summarise(score_sets: list[np.ndarray], split: SplitData) -> dict:
 
 def bootstrap_map(score_sets: list[np.ndarray], split: SplitData, samples: int,
                   seed: int = 0) -> dict:
-    """95 % interval of the seed-mean mAP, resampling test images with replacement."""
+    """95 % interval of the seed-mean mAP, resampling test images with replacement (the
+    INCLUSION rule applied to each resample; `ResampledAP` sorts each score set once)."""
     rng = np.random.default_rng(seed)
     n = len(split.targets)
     columns = {"zsl": np.flatnonzero(~split.seen), "gzsl": np.arange(len(split.seen))}
+    rankers = {k: [ResampledAP(np.asarray(s)[:, cols], split.targets[:, cols])
+                   for s in score_sets] for k, cols in columns.items()}
+    included = {k: (split.targets[:, cols] == 1).any(1) for k, cols in columns.items()}
     draws: dict[str, list[float]] = {k: [] for k in columns}
     for _ in range(samples):
-        index = rng.integers(0, n, n)
-        for setting, cols in columns.items():
-            targets = split.targets[np.ix_(index, cols)]
-            draws[setting].append(float(np.mean([
-                mean_average_precision(s[np.ix_(index, cols)], targets, include=INCLUSION)
-                for s in score_sets])))
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)  # the resample's rows
+        for setting in columns:
+            weights = counts * included[setting]
+            draws[setting].append(float(np.mean([_nanmean(r.ap(weights))
+                                                  for r in rankers[setting]])))
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
             for k, v in draws.items()}, draws
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]  # labels without a positive are skipped
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def evaluate_checkpoints(checkpoints: list[Path], datasets: list[str], out: Path,

@@ -42,6 +42,42 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ap[0] if squeeze else ap
 
 
+class ResampledAP:
+    """Per-label AP of one score matrix [N, L] over resamples of its rows, sorted once.
+
+    A resample is given as row weights [N] (how often each row was drawn; 0 = left out):
+    `ap(weights)` equals `average_precision` on the resampled rows (copies of a row tie with
+    each other, and ties are one threshold, so a row's copies count at its tie group's end),
+    at a few array passes per resample instead of a sort — what makes a bootstrap over
+    thousands of labels affordable.
+    """
+
+    def __init__(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        scores = np.asarray(scores, dtype=np.float64)
+        n = scores.shape[0]
+        self.order = np.argsort(-scores, axis=0, kind="stable").astype(np.int32)  # [N, L]
+        ranked = np.take_along_axis(scores, self.order, 0)
+        self.positive = np.take_along_axis(np.asarray(targets) == 1, self.order, 0)
+        last = np.ones_like(ranked, dtype=bool)  # the last row of each tie group
+        last[:-1] = ranked[1:] != ranked[:-1]
+        end = np.where(last, np.arange(n)[:, None], n)
+        self.end = np.minimum.accumulate(end[::-1], axis=0)[::-1].astype(np.int32)  # [N, L]
+
+    def ap(self, weights: np.ndarray) -> np.ndarray:
+        """AP per label [L] of the resample with row `weights` [N] (NaN: no positive)."""
+        # float32: counts and their running sums are exact integers far beyond any test set
+        w = np.asarray(weights, dtype=np.float32)[self.order]  # [N, L]
+        hits = w * self.positive
+        drawn_at_end = np.take_along_axis(np.cumsum(w, 0), self.end, 0)
+        hits_at_end = np.take_along_axis(np.cumsum(hits, 0), self.end, 0)
+        precision = np.divide(hits_at_end, drawn_at_end, out=np.zeros_like(hits_at_end),
+                              where=drawn_at_end > 0)
+        n_pos = hits.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n_pos > 0, (hits * precision).sum(0, dtype=np.float64) / n_pos,
+                            np.nan)
+
+
 def _select(scores: np.ndarray, targets: np.ndarray, label_subset: Sequence[int] | np.ndarray
             | None, include: str) -> tuple[np.ndarray, np.ndarray]:
     scores, targets = np.asarray(scores), np.asarray(targets)

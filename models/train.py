@@ -11,6 +11,7 @@ targets, so zero-shot stays zero-shot across datasets. Labels of another dataset
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -33,6 +34,7 @@ from models.label_embedders import create_embedder
 from models.losses import distillation_loss, label_bce_loss, ml2p_loss
 from models.metrics import evaluate_zsl_gzsl
 from models.provenance import git_commit
+from models.recipes import REGIMES
 from models.tagger import Tagger, build_tagger, save_checkpoint
 from models.vocab import imagenet_class_names, imagenet_exclusion_mask, unseen_labels
 
@@ -60,10 +62,18 @@ class TrainConfig:
     distill_teacher_temperature: float = 1.0
     distill_student_scale: float = 20.0
     max_train_images: dict = field(default_factory=dict)  # per dataset cap (subsampling)
-    # ML2P with ImageNet evidence: start its C→D map at the class names' label vectors (a
+    # a head with ImageNet evidence: start its C→D map at the class names' label vectors (a
     # ConSE prior), excluded classes at zero so no unseen concept enters through it
     # ("class_names_all" keeps the excluded classes too: the information ConSE itself uses)
     evidence_init: str = "zeros"  # "zeros" | "class_names" | "class_names_all"
+    # what the head may read besides the taps (method.md §3; `REGIMES`): "visual" (a), the
+    # ImageNet evidence without the classes naming an unseen label ("imagenet-strict", b) or
+    # with all 1000 ("imagenet-all", b). It sets the head's evidence input, `evidence_init` and
+    # ConSE's classifier; "" leaves them to `model.head_kwargs` and `evidence_init`
+    regime: str = ""
+    # centre the label vectors by a fixed mean (the default); False keeps the embedder's raw
+    # vectors (ConSE's other variant: its cosine over raw MiniLM vectors)
+    label_centring: bool = True
     seed: int = 0
     finetune_backbone: bool = False  # end to end: the backbone trains on decoded images
     backbone_lr: float = 1e-4  # its learning rate (same warm-up and cosine schedule)
@@ -85,6 +95,55 @@ DEFAULT_MODEL = {
     "dim": 128,
     "label_projection": True,
 }
+
+
+# what a regime sets; a recipe that names a regime may not set these itself
+_REGIME_KWARGS = ("imagenet_evidence_dim", "evidence_exclude", "source", "exclude_unseen",
+                  "num_classes")
+
+
+def regime_model(config: TrainConfig, seen_labels: int, excluded: set[str]) -> tuple[dict, str]:
+    """The model configuration and `evidence_init` that `config.regime` implies, for a model
+    trained on `seen_labels` labels with `excluded` (unseen) labels."""
+    model = copy.deepcopy(config.model)
+    if not config.regime:
+        return model, config.evidence_init
+    if config.regime not in REGIMES:
+        raise ValueError(f"unknown regime {config.regime!r}; one of {', '.join(REGIMES)}")
+    kwargs = model.setdefault("head_kwargs", {})
+    clash = sorted(set(_REGIME_KWARGS) & set(kwargs))
+    if clash or config.evidence_init != "zeros":
+        raise ValueError(f"regime {config.regime!r} sets the evidence input itself; remove "
+                         f"{', '.join(clash) or 'evidence_init'} from the recipe")
+    if config.regime == "visual" and config.distill_weight > 0:
+        raise ValueError("regime 'visual' reads no ImageNet classifier, and the distillation "
+                         "loss does: set distill_weight to 0")
+    strict = config.regime == "imagenet-strict"
+    if model["head"] == "conse":
+        if config.regime == "visual":
+            kwargs.update(source="seen", num_classes=seen_labels)
+        else:
+            kwargs["exclude_unseen"] = strict
+        return model, "zeros"
+    if config.regime == "visual":
+        return model, "zeros"
+    kwargs["imagenet_evidence_dim"] = 1000
+    if strict:
+        kwargs["evidence_exclude"] = [int(i) for i in
+                                      np.flatnonzero(imagenet_exclusion_mask(excluded))]
+    return model, "class_names" if strict else "class_names_all"
+
+
+def regime_of(config: TrainConfig) -> str:
+    """The regime a configuration trains in, also for one written before `regime` existed."""
+    if config.regime:
+        return config.regime
+    kwargs = config.model.get("head_kwargs", {})
+    if config.model.get("head") == "conse":
+        return "imagenet-strict" if kwargs.get("exclude_unseen", True) else "imagenet-all"
+    if kwargs.get("imagenet_evidence_dim") or config.distill_weight > 0:
+        return "imagenet-all"
+    return "visual"
 
 
 @dataclass
@@ -190,13 +249,17 @@ class Trainer:
         raw_imagenet = self.embedder.embed(self.imagenet_names)
         self.raw_labels = torch.from_numpy(raw_labels)
         self.raw_imagenet = torch.from_numpy(raw_imagenet)
-        model_config = dict(config.model, embed_dim=int(raw_labels.shape[1]))
-        self.tagger = build_tagger(model_config)
+        model_config, evidence_init = regime_model(config, len(names), self.excluded)
+        self.tagger = build_tagger(dict(model_config, embed_dim=int(raw_labels.shape[1])))
         # a fixed centring mean over a broad vocabulary: sentence-embedding vectors are
         # anisotropic, and ranking against raw vectors collapses to constant scores
-        self.tagger.label_transform.fit_mean(np.concatenate([raw_labels, raw_imagenet]))
-        if config.evidence_init != "zeros":
-            self._init_evidence(keep_excluded=config.evidence_init == "class_names_all")
+        if config.label_centring:
+            self.tagger.label_transform.fit_mean(np.concatenate([raw_labels, raw_imagenet]))
+        if evidence_init != "zeros":
+            self._init_evidence(keep_excluded=evidence_init == "class_names_all")
+        if getattr(self.tagger.head, "source", None) == "seen":  # ConSE over the seen labels
+            with torch.no_grad():
+                self.tagger.head.set_class_vectors(self.tagger.transform_labels(self.raw_labels))
         if config.finetune_backbone:
             self.tagger.freeze_backbone = False
             self.tagger.attach_backbone()
@@ -213,7 +276,8 @@ class Trainer:
     def _init_evidence(self, keep_excluded: bool) -> None:
         evidence = getattr(self.tagger.head, "evidence", None)
         if evidence is None:
-            raise ValueError("evidence_init='class_names' needs a head with imagenet_evidence_dim")
+            raise ValueError("evidence_init='class_names' needs a head with an evidence input "
+                             "(imagenet_evidence_dim > 0)")
         with torch.no_grad():
             vectors = self.tagger.transform_labels(self.raw_imagenet)  # [1000, D]
             if not keep_excluded:
@@ -271,7 +335,7 @@ class Trainer:
             student = self.tagger.score(groups, imagenet) * cfg.distill_student_scale
             distill = distillation_loss(student, logits.detach(), cfg.distill_teacher_temperature,
                                         keep_mask=self.imagenet_keep)
-            stats["distill"] = float(distill)
+            stats["distill"] = float(distill.detach())
             loss = loss + cfg.distill_weight * distill
         return loss, stats
 

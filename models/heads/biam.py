@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
+from models.heads.evidence import append_evidence, build_evidence
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -92,17 +93,22 @@ class BiAMHead(nn.Module):
         top_k: regions averaged per label score (paper: 6).
         tap / global_tap: region tap (default stride 16) and global-feature tap (stride 32).
         in_channels / global_channels: override the channels of those taps.
+        imagenet_evidence_dim / evidence_exclude: the ImageNet-evidence input
+            (`models.heads.evidence`; 0 = visual features only), in label space: its vector
+            is appended to every feature, and each label's classifier gets w_l appended, so
+            every score gains ⟨evidence, w_l⟩.
         input_size: accepted for the tagger's uniform call; unused (any grid with ≥ top_k).
     """
-
-    uses_imagenet_logits = False
 
     def __init__(self, backbone: str = "efficientnet_lite0", dim: int = 300,
                  channels: int = 256, width: int = 512, heads: int = 8, top_k: int = 6,
                  tap: int = 1, global_tap: int = 2, in_channels: int | None = None,
                  global_channels: int | None = None, dropout: float = 0.1,
-                 input_size: int | None = None) -> None:
+                 input_size: int | None = None, imagenet_evidence_dim: int = 0,
+                 evidence_exclude: tuple[int, ...] = ()) -> None:
         super().__init__()
+        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
+        self.uses_imagenet_logits = self.evidence is not None
         cin = in_channels or TRANSFORM_CONFIGS[backbone].in_channels[tap]
         cglobal = global_channels or TRANSFORM_CONFIGS[backbone].in_channels[global_tap]
         self.tap, self.global_tap, self.top_k, self.dim, self.width = (
@@ -121,11 +127,15 @@ class BiAMHead(nn.Module):
         e_r = e_r.transpose(1, 2).reshape(b, c, hh, ww)
         e_g = self.scene_block(h, taps[self.global_tap].mean(dim=(2, 3)))  # [B, C, h, w]
         e = F.leaky_relu(self.fuse(torch.cat([e_r, e_g], dim=1)), 0.2)  # [B, C', h, w]
-        return e.flatten(2).transpose(1, 2)  # [B, R, C']
+        regions = e.flatten(2).transpose(1, 2)  # [B, R, C']
+        return append_evidence(self, regions, imagenet_logits)  # [B, R, C'(+D)]
 
     def region_scores(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """[B, R, C'] × [L, D] → [B, R, L]."""
-        return torch.einsum("brc,lc->brl", out, self.classifier(labels))
+        """[B, R, C'(+D)] × [L, D] → [B, R, L]."""
+        w = self.classifier(labels)  # [L, C']
+        if self.evidence is not None:
+            w = torch.cat([w, labels], dim=-1)  # [L, C' + D]
+        return torch.einsum("brc,lc->brl", out, w)
 
     def score(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, R, C'] × [L, D] → [B, L]: mean of the top-k region scores per label."""

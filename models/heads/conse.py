@@ -12,6 +12,11 @@ product scoring gives the cosine.
 
 Zero-shot hygiene: `set_exclusion_mask` drops ImageNet classes that name an unseen concept;
 the softmax is then taken over the kept classes only (= renormalising their probabilities).
+
+`source="seen"` (regime (a), visual features only): the seen-class classifier is trained here
+instead — a Linear over the pooled stride-32 tap, one sigmoid output per seen training label
+(BCE, `models.baseline_losses`) — and the class vectors are those seen labels' vectors; the
+ImageNet logits are not read.
 """
 
 from __future__ import annotations
@@ -21,30 +26,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
+from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
 @register_head("conse")
 class ConSEHead(nn.Module):
-    """Training-free: no parameters, two buffers (class vectors, exclusion mask).
+    """ConSE: buffers only (class vectors, exclusion mask), plus the seen-label classifier
+    when `source="seen"`.
 
     Args:
         dim: D, the label-space dimension of the class vectors.
         top_t: T, how many of the most probable classes are mixed (paper: 10).
-        num_classes: classifier width (1000 for ImageNet-1k).
+        num_classes: classifier width (1000 for ImageNet-1k; the seen labels for "seen").
         exclude_unseen: whether `train_any` sets the exclusion mask (classes naming an unseen
             label); False keeps all classes (the mask can still be set explicitly).
-        backbone, input_size: accepted for the tagger's uniform call; unused.
+        source: "imagenet" (training-free, the backbone's classifier) or "seen" (a classifier
+            trained on the seen labels over the pooled tap `tap`).
+        backbone: names the tap channels for "seen"; input_size: unused.
     """
 
-    uses_imagenet_logits = True
-    trainable = False
-
     def __init__(self, dim: int = 300, top_t: int = 10, num_classes: int = 1000,
-                 exclude_unseen: bool = True, backbone: str | None = None,
-                 input_size: int | None = None) -> None:
+                 exclude_unseen: bool = True, source: str = "imagenet", tap: int = 2,
+                 backbone: str | None = None, input_size: int | None = None) -> None:
         super().__init__()
+        if source not in ("imagenet", "seen"):
+            raise ValueError(f"ConSE source must be 'imagenet' or 'seen', got {source!r}")
         self.dim, self.top_t, self.num_classes = dim, top_t, num_classes
-        self.exclude_unseen = exclude_unseen
+        self.exclude_unseen, self.source, self.tap = exclude_unseen, source, tap
+        self.trainable = source == "seen"
+        self.uses_imagenet_logits = source == "imagenet"
+        if self.trainable:
+            channels = TRANSFORM_CONFIGS[backbone or "efficientnet_lite0"].in_channels[tap]
+            self.classifier = nn.Linear(channels, num_classes)
+        self.aux: dict[str, torch.Tensor] = {}
         self.register_buffer("class_vectors", torch.zeros(num_classes, dim))  # [C, D]
         self.register_buffer("excluded", torch.zeros(num_classes, dtype=torch.bool))  # [C]
 
@@ -67,12 +81,17 @@ class ConSEHead(nn.Module):
 
     def forward(self, taps: tuple[torch.Tensor, ...] | None = None,
                 imagenet_logits: torch.Tensor | None = None) -> torch.Tensor:
-        if imagenet_logits is None:
-            raise ValueError("ConSE needs the backbone's ImageNet logits")
         if not bool(self.class_vectors.any()):
             raise RuntimeError("ConSE class vectors are unset; call set_class_vectors first")
-        logits = imagenet_logits.float().masked_fill(self.excluded, float("-inf"))  # [B, C]
-        probs = logits.softmax(dim=-1)  # renormalised over the kept classes
+        if self.trainable:
+            logits = self.classifier(taps[self.tap].mean(dim=(2, 3)))  # [B, C]
+            self.aux = {"logits": logits}
+            probs = torch.sigmoid(logits)  # multi-label seen classes
+        else:
+            if imagenet_logits is None:
+                raise ValueError("ConSE needs the backbone's ImageNet logits")
+            logits = imagenet_logits.float().masked_fill(self.excluded, float("-inf"))  # [B, C]
+            probs = logits.softmax(dim=-1)  # renormalised over the kept classes
         top = probs.topk(min(self.top_t, int((~self.excluded).sum())), dim=-1)  # [B, T]
         p = top.values / top.values.sum(-1, keepdim=True)  # [B, T]
         f = torch.einsum("bt,btd->bd", p, self.class_vectors[top.indices])  # [B, D]

@@ -2,6 +2,7 @@
 
 pooled image feature [B, C] ─► MLP (Linear → ReLU → Dropout)* → Linear ─► f(x) [B, 1, D]
 score s_l = ⟨f(x), w_l⟩; trained with RankNet `log(1 + exp(s_n − s_p))` (baseline_losses).
+With ImageNet evidence (regime (b)) its vector is added to f(x), as ML2P adds it to its groups.
 
 Which tap: the original maps a *global* image feature (VGG-19 fc7, 4096-d) to the word space,
 so the default is the global average pool of the stride-32 tap — the deepest, most semantic
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from models.heads import register_head
+from models.heads.evidence import build_evidence, require_logits
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -32,14 +34,17 @@ class Fast0TagHead(nn.Module):
         dropout: dropout probability after each hidden layer.
         in_channels: override the channels of the chosen tap.
         input_size: accepted for the tagger's uniform call; unused (pooling is global).
+        imagenet_evidence_dim / evidence_exclude: the ImageNet-evidence input
+            (`models.heads.evidence`; 0 = visual features only).
     """
-
-    uses_imagenet_logits = False
 
     def __init__(self, backbone: str = "efficientnet_lite0", dim: int = 300, tap: int = 2,
                  hidden: tuple[int, ...] = (1024,), dropout: float = 0.1,
-                 in_channels: int | None = None, input_size: int | None = None) -> None:
+                 in_channels: int | None = None, input_size: int | None = None,
+                 imagenet_evidence_dim: int = 0, evidence_exclude: tuple[int, ...] = ()) -> None:
         super().__init__()
+        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
+        self.uses_imagenet_logits = self.evidence is not None
         self.tap, self.dim = tap, dim
         width = in_channels or TRANSFORM_CONFIGS[backbone].in_channels[tap]
         layers: list[nn.Module] = []
@@ -51,8 +56,10 @@ class Fast0TagHead(nn.Module):
 
     def forward(self, taps: tuple[torch.Tensor, ...],
                 imagenet_logits: torch.Tensor | None = None) -> torch.Tensor:
-        x = taps[self.tap].mean(dim=(2, 3))  # [B, C]
-        return self.mlp(x).unsqueeze(1)  # [B, 1, D]
+        f = self.mlp(taps[self.tap].mean(dim=(2, 3)))  # [B, D]
+        if self.evidence is not None:
+            f = f + self.evidence(require_logits(self, imagenet_logits))
+        return f.unsqueeze(1)  # [B, 1, D]
 
     @staticmethod
     def score(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

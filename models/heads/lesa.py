@@ -13,7 +13,7 @@ and the label classifier have the original's size whatever the tap width.
 
 The loss (`models.baseline_losses.lesa_loss`) needs the attention logits and the mean-pooled
 region feature; every forward leaves them in `self.aux` (`attention_logits` [B, K, R],
-`global` [B, C']).
+`global` [B, C'(+D)]).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
+from models.heads.evidence import append_evidence, build_evidence
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -37,15 +38,20 @@ class LESAHead(nn.Module):
         width: C', the 2×2 conv's output channels (paper: 512).
         tap: which tap (default 1 = stride 16).
         in_channels: override the channels of the chosen tap.
+        imagenet_evidence_dim / evidence_exclude: the ImageNet-evidence input
+            (`models.heads.evidence`; 0 = visual features only), in label space: its vector
+            is appended to every feature, and each label's classifier gets w_l appended, so
+            every score gains ⟨evidence, w_l⟩.
         input_size: accepted for the tagger's uniform call; unused (any grid size works).
     """
 
-    uses_imagenet_logits = False
-
     def __init__(self, backbone: str = "efficientnet_lite0", dim: int = 300,
                  attentions: int = 10, width: int = 512, tap: int = 1,
-                 in_channels: int | None = None, input_size: int | None = None) -> None:
+                 in_channels: int | None = None, input_size: int | None = None,
+                 imagenet_evidence_dim: int = 0, evidence_exclude: tuple[int, ...] = ()) -> None:
         super().__init__()
+        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
+        self.uses_imagenet_logits = self.evidence is not None
         self.tap, self.dim, self.attentions, self.width = tap, dim, attentions, width
         cin = in_channels or TRANSFORM_CONFIGS[backbone].in_channels[tap]
         # TF-slim conv2d + batch_normalization: no conv bias, BN decay 0.99 / eps 1e-3
@@ -63,12 +69,16 @@ class LESAHead(nn.Module):
         regions = x.flatten(2).transpose(1, 2)  # [B, R, C']
         logits = self.att_out(torch.tanh(self.att_hidden(regions))).transpose(1, 2)  # [B, K, R]
         attended = logits.softmax(dim=-1) @ regions  # [B, K, C']
-        self.aux = {"attention_logits": logits, "global": regions.mean(dim=1)}  # [B,K,R], [B,C']
-        return attended
+        out = append_evidence(self, attended, imagenet_logits)  # [B, K, C'(+D)]
+        # the pooled feature scored like the attended ones, so with the same evidence appended
+        pooled = torch.cat([regions.mean(dim=1), out[:, 0, self.width:]], dim=-1)  # [B, C'(+D)]
+        self.aux = {"attention_logits": logits, "global": pooled}  # [B, K, R], [B, C'(+D)]
+        return out
 
     def classifiers(self, labels: torch.Tensor) -> torch.Tensor:
-        """[L, D] → [L, C']: W w_l."""
-        return self.classifier(labels)
+        """[L, D] → [L, C'(+D)]: W w_l (with w_l appended when there is evidence)."""
+        w = self.classifier(labels)
+        return w if self.evidence is None else torch.cat([w, labels], dim=-1)
 
     def attention_scores(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, K, C'] × [L, D] → [B, K, L]: every attended feature against every label."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
+from models.heads.evidence import build_evidence, require_logits
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,10 @@ class ML2PHead(nn.Module):
         imagenet_evidence_dim: 0 = off (faithful). >0: the backbone's ImageNet class
             probabilities softmax(logits) [B, C] are mapped by a zero-initialised Linear C→D and
             added to every pooled group vector before group attention, so training starts from
-            the plain encoder and learns how much of the classifier's evidence to use.
+            the plain encoder and learns how much of the classifier's evidence to use
+            (`models.heads.evidence`, shared by every head).
+        evidence_exclude: ImageNet class indices removed from that evidence (regime (b),
+            strict variant).
         cosine_scale: 0 = off (faithful: raw dot products, whose scale varies per image). >0:
             each group vector is L2-normalised and multiplied by this, so a score is a scaled
             cosine and comparable across images (what per-label mAP ranks).
@@ -165,6 +169,7 @@ class ML2PHead(nn.Module):
         group_hidden: int | None = None,
         residual: bool = False,
         imagenet_evidence_dim: int = 0,
+        evidence_exclude: tuple[int, ...] = (),
         cosine_scale: float = 0.0,
         group_softmax: bool = False,
     ) -> None:
@@ -190,10 +195,7 @@ class ML2PHead(nn.Module):
         self.mixer = MixerBlock(dim, self.tokens, token_hidden or self.tokens // channel_reduction,
                                 dim // channel_reduction)
         self.group_attention = GroupAttention(dim, group_hidden or dim, softmax=group_softmax)
-        if imagenet_evidence_dim:
-            self.evidence = nn.Linear(imagenet_evidence_dim, dim)
-            nn.init.zeros_(self.evidence.weight)
-            nn.init.zeros_(self.evidence.bias)
+        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
 
     def forward(
         self,
@@ -210,10 +212,7 @@ class ML2PHead(nn.Module):
         x = self.mixer(x.transpose(-2, -1))  # [B, G, N, D]
         x = torch.sigmoid(x.amax(dim=2))  # [B, G, D]
         if self.uses_imagenet_logits:
-            if imagenet_logits is None:
-                raise ValueError("this ML2P head was built with imagenet_evidence_dim > 0 and "
-                                 "needs the backbone's ImageNet logits")
-            x = x + self.evidence(imagenet_logits.softmax(dim=-1)).unsqueeze(1)  # [B, G, D]
+            x = x + self.evidence(require_logits(self, imagenet_logits)).unsqueeze(1)  # [B, G, D]
         x = self.group_attention(x)  # [B, G, D]
         if self.cosine_scale:
             x = F.normalize(x, dim=-1) * self.cosine_scale

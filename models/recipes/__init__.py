@@ -8,6 +8,11 @@ import json
 from pathlib import Path
 
 RECIPES = Path(__file__).parent
+# what a head may read besides the backbone's taps (method.md §3; `TrainConfig.regime`)
+REGIMES = ("visual", "imagenet-strict", "imagenet-all")
+REGIME_NAMES = {"visual": "(a) visual features only",
+                "imagenet-strict": "(b) with ImageNet evidence, strict",
+                "imagenet-all": "(b) with ImageNet evidence, all classes"}
 
 
 def load_recipe(name_or_path: str) -> dict:

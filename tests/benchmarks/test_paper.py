@@ -39,11 +39,11 @@ def test_checkpoint_cache_by_config_hash(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_missing_checkpoints_once_each(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """--jobs trains each missing configuration once; cached and shipped ones are skipped."""
+    """--jobs trains each missing configuration once; cached ones are skipped."""
     monkeypatch.setenv("ML2P_CACHE_DIR", str(tmp_path))
     runs = bench_paper.plan_runs("small")
     todo = bench_paper.missing_checkpoints(runs)
-    distinct = {r["hash"] for r in runs if not bench_paper.shipped_matches(r["hash"])}
+    distinct = {r["hash"] for r in runs}
     assert set(todo) == distinct and len(todo) < len(runs)  # lam0 / g7 share the reference
     cached = next(iter(todo))
     (tmp_path / "checkpoints" / cached).mkdir(parents=True)
@@ -74,25 +74,48 @@ def test_recipes_are_override_sets() -> None:
         assert recipe["model"]["head"] == name.split("-")[0]
         assert recipe["datasets"] == default["datasets"]
         TrainConfig(**recipe)  # no stray keys
-    assert load_recipe("conse")["epochs"] == 0
     assert load_recipe("lesa")["lr"] == default["lr"]
     assert load_recipe("ml2p-lam04")["lam"] == 0.4
     assert load_recipe("ml2p-residual")["model"]["head_kwargs"]["residual"] is True
     g1 = load_recipe("ml2p-g1")["model"]["head_kwargs"]
     assert g1["groups"] == 1 and g1["widths"] == default["model"]["head_kwargs"]["widths"]
-    runs = bench_paper.plan_runs("small")
-    assert {r["key"] for r in runs} >= {"conse", "conse-all", "fast0tag", "lesa", "biam", "ml2p",
-                                        "ml2p-g1"}
-    assert all(r["config"].epochs in (0, bench_paper.SMALL_EPOCHS) for r in runs
-               if r["group"] == "main")
+
+
+def test_plan_covers_every_method_regime_and_dataset() -> None:
+    """Each dataset trains its own methods; every method runs in every regime; seeds per
+    dataset; the ablations stay on VOC at their own budget."""
+    from models.recipes import REGIMES
+    from models.train import regime_model
+
+    runs = bench_paper.plan_runs("full", {"voc2007": [0, 1, 2], "emojitags": [0]})
+    main = [r for r in runs if r["group"] == "main"]
+    keys = [k for k, *_ in bench_paper.MAIN]
+    for dataset, seeds in (("voc2007", [0, 1, 2]), ("emojitags", [0])):
+        for regime in REGIMES:
+            cell = [r for r in main if r["cell"] == f"{dataset}/{regime}"]
+            assert sorted((r["key"], r["seed"]) for r in cell) == sorted(
+                (k, s) for k in keys for s in seeds)
+            for r in cell:
+                assert r["config"].regime == regime and r["config"].datasets == [dataset]
+    assert len({r["hash"] for r in main}) == len(main)  # no two runs share a checkpoint
+    conse = {(r["regime"], r["key"]): r["config"] for r in main if r["dataset"] == "voc2007"
+             and r["seed"] == 0 and r["key"] in bench_paper.CONSE_VARIANTS}
+    model, _ = regime_model(conse["visual", "conse"], 16, set())
+    assert model["head_kwargs"]["source"] == "seen"  # (a): a classifier of the seen labels
+    model, _ = regime_model(conse["imagenet-strict", "conse"], 16, set())
+    assert model["head_kwargs"]["exclude_unseen"] is True
+    assert conse["visual", "conse"].label_centring and \
+        not conse["visual", "conse-raw"].label_centring
     ablations = [r for r in runs if r["group"] == "ablation"]
     assert {r["config"].epochs for r in ablations} == {bench_paper.ABLATION_EPOCHS}
     reference = next(r for r in ablations if r["key"] == "ml2p-ref")
     assert next(r for r in ablations if r["key"] == "ml2p-g7")["hash"] == reference["hash"]
     noevidence = next(r for r in ablations if r["key"] == "ml2p-noevidence")["config"]
-    assert noevidence.model["head_kwargs"]["imagenet_evidence_dim"] == 0
-    full = bench_paper.plan_runs("full", ablations=False)
-    assert sorted({r["seed"] for r in full}) == [0, 1, 2]
+    assert noevidence.regime == "visual" and reference["config"].regime == "imagenet-all"
+    small = bench_paper.plan_runs("small", ablations=False, methods=("ml2p",),
+                                  datasets=("voc2007",), regimes=("visual",))
+    assert [(r["key"], r["seed"], r["config"].epochs) for r in small] == [
+        ("ml2p", 0, bench_paper.SMALL_EPOCHS)]
 
 
 def _metrics(m: float) -> dict:
@@ -106,59 +129,77 @@ def _latency(ms: float) -> dict:
 
 
 def fake_report() -> dict:
-    keys = [k for k, _, _ in bench_paper.MAIN]
+    from models.recipes import REGIMES
+
+    keys = [k for k, *_ in bench_paper.MAIN]
     methods = {"random": _metrics(0.1)} | {k: _metrics(0.2 + 0.1 * i) for i, k in enumerate(keys)}
-    acc = {"inclusion_rule": "images with a positive", "bootstrap_samples": 10,
-           "datasets": {d: {"test_images": 10, "labels": 6, "unseen_labels": 2,
-                            "methods": methods,
-                            "map_difference_ci95": {"ml2p - biam": {"zsl": [0.01, 0.2],
-                                                                    "gzsl": [-0.1, 0.1]}}}
-                        for d in bench_paper.DATASETS}}
+    methods["ml2p"]["zsl"]["per_run_map"] = [0.6, 0.7, 0.8]
+    diffs = {"ml2p - biam": {"zsl": [0.01, 0.2], "gzsl": [-0.1, 0.1]},
+             "ml2p - conse-raw": {"zsl": [-0.05, 0.2], "gzsl": [0.1, 0.2]}}
+    accuracy = {}
+    for dataset, splits in bench_paper.TEST_SPLITS.items():
+        for regime in REGIMES:
+            accuracy[f"{dataset}/{regime}"] = {
+                "inclusion_rule": "images with a positive", "bootstrap_samples": 10,
+                "datasets": {s: {"test_images": 10, "labels": 6, "unseen_labels": 2,
+                                 "dataset_version": 2 if dataset == "emojitags" else None,
+                                 "methods": methods, "map_difference_ci95": diffs}
+                             for s in splits}}
     head = {"params": 1000, "gflops": 0.01, "latency": _latency(1.0)}
     backbone = {"params": 3_000_000, "gflops": 0.8, "latency": _latency(10.0)}
     cost = {"backbones": {"lite0": backbone, "vgg": backbone},
-            "project": {k: {"backbone": "lite0", "head": head, "end_to_end": _latency(11.0)}
-                        for k in keys},
+            "project": {f"{regime}/{k}": {"backbone": "lite0", "head": head,
+                                          "end_to_end": _latency(11.0)}
+                        for regime in REGIMES for k in keys if k != "conse-raw"},
             "paper": {k: {"backbone": "vgg", "head": head,
                           "end_to_end": bench_paper.summed_latency(backbone["latency"],
                                                                     head["latency"])}
                       for k, _, _ in bench_paper.PAPER_HEADS}}
-    runs = [{"key": k, "name": n, "group": "main", "seed": 0} for k, n, _ in bench_paper.MAIN]
-    runs += [{"key": k, "name": n, "group": "ablation", "seed": 0}
-             for k, n, _ in bench_paper.ABLATIONS]
-    ablation = {"datasets": {d: {"methods": {k: _metrics(0.3) for k, _, _ in
-                                             bench_paper.ABLATIONS}}
-                             for d in bench_paper.DATASETS}}
+    runs = bench_paper.plan_runs("small", ablations=True, methods=("ml2p",))
+    runs = [{k: v for k, v in r.items() if k != "config"} | {"config": r["config"].to_json()}
+            for r in runs]
+    ablation = {"datasets": {"voc2007": {"methods": {k: _metrics(0.3) for k, _, _ in
+                                                     bench_paper.ABLATIONS}}}}
     report = {"command": "ml2p bench paper --budget small", "created": "now", "budget": "small",
-              "budget_note": "3 epochs.", "ml2p_note": "note.", "seeds": [0], "threads": 1,
-              "runs_per_point": 20, "runs": runs, "accuracy": acc,
-              "ablation_accuracy": ablation, "ablation_same_as": {"ml2p-g7": "ml2p"},
-              "cost": cost, "train_seconds": 60.0, "wall_seconds": 120.0,
+              "seeds": {"voc2007": [0, 1, 2], "emojitags": [0]},
+              "datasets": list(bench_paper.TRAIN_DATASETS), "regimes": list(REGIMES),
+              "dataset_versions": {"voc2007": None, "emojitags": 2}, "threads": 1,
+              "runs_per_point": 20, "runs": runs, "accuracy": accuracy,
+              "ablation_accuracy": ablation, "ablation_same_as": {"ml2p-g7": "ml2p-ref"},
+              "cost": cost, "shipped_max_abs_difference": 0.0, "train_seconds": 60.0,
+              "phase_seconds": {"evaluation": 30.0}, "wall_seconds": 120.0,
               "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "load_average": [1.0]}}
-    report["verdict"] = bench_paper.verdict(acc, {r["key"]: r["name"] for r in runs})
+    report["verdict"] = bench_paper.verdict(report)
     return report
 
 
 def test_table_layout_and_figure(tmp_path: Path) -> None:
     report = fake_report()
     text = bench_paper.markdown(report)
-    header = next(line for line in text.splitlines() if line.startswith("| method | VOC"))
-    cells = [c.strip() for c in header.strip("|").split("|")]
-    assert cells[1:13] == [f"{d} {s} {m}" for d in ("VOC", "Emoji") for s in ("ZSL", "GZSL")
-                           for m in ("mAP", "F1@3", "F1@5")]
-    assert cells[13:] == ["params M (bb / head)", "GFLOPs (bb / head)", "ms/img b1",
-                          "ms/img b32"]
-    rows: dict[str, str] = {}  # first occurrence: the main table before the paper config
-    for line in text.splitlines():
-        if line.startswith("| ") and not line.startswith("| method"):
-            rows.setdefault(line.split("|")[1].strip(), line)
-    for name in ("random ranking", "ConSE", "Fast0Tag", "LESA", "BiAM", "ML2P", "ML2P G = 1"):
-        assert name in rows
-    assert len(rows["ML2P"].strip().strip("|").split("|")) == 17
-    m = 100 * (0.2 + 0.1 * [k for k, _, _ in bench_paper.MAIN].index("ml2p"))
-    assert f"{m:.1f} [{m - 5:.1f}, {m + 5:.1f}]" in rows["ML2P"]  # ZSL mAP with its interval
-    assert "3.00 / 0.00" in rows["ML2P"] and "11.0 (9.9–13.2)" in rows["ML2P"]
-    assert "ML2P tops the ZSL mAP column" in text and "VGG19-BN" in text
+    lines = text.splitlines()
+    voc = lines.index(next(line for line in lines if line.startswith("## voc2007")))
+    header = [c.strip() for c in lines[voc + 4].strip("|").split("|")]
+    assert header == ["regime", "method", "ZSL mAP", "ZSL F1@3", "ZSL F1@5", "GZSL mAP",
+                      "GZSL F1@3", "GZSL F1@5", "ZSL mAP per seed"]
+    emoji = lines.index(next(line for line in lines if line.startswith("## emojitags v2")))
+    assert [c.strip() for c in lines[emoji + 4].strip("|").split("|")][-2:] == [
+        "test-shift ZSL mAP", "test-shift GZSL mAP"]  # the style-shift column
+    rows = [line for line in lines[voc + 6:] if line.startswith("| (")]
+    names = {tuple(c.strip() for c in row.strip("|").split("|")[:2]) for row in rows}
+    assert ("(a) visual", "ConSE (seen-label classifier)") in names
+    assert ("(b) strict", "ConSE (ImageNet, strict, raw vectors)") in names
+    assert ("(b) all classes", "ML2P") in names and ("(a) visual", "random ranking") in names
+    m = 100 * (0.2 + 0.1 * [k for k, *_ in bench_paper.MAIN].index("ml2p"))
+    ml2p = next(row for row in rows if "| ML2P |" in row)
+    assert f"{m:.1f} [{m - 5:.1f}, {m + 5:.1f}]" in ml2p and "60.0 / 70.0 / 80.0" in ml2p
+    # the verdict names the strongest ConSE variant and says where the paired interval lies
+    assert any("strongest ConSE variant ConSE (seen-label classifier, raw vectors)" in line
+               and "includes 0" in line for line in report["verdict"])
+    assert any("strongest other method BiAM" in line and "above 0" in line
+               for line in report["verdict"])
+    assert "## ML2P ablations" in text and "| ML2P G = 1 |" in text and "VGG19-BN" in text
+    assert "| (b) strict | ML2P | 3.00 / 0.00 |" in text  # cost rows per regime
+    assert "head weights is 0" in text
     png = bench_paper.figure(report, tmp_path / "fig.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 300_000
 
@@ -181,11 +222,12 @@ def test_cli_wiring() -> None:
     assert build_parser().parse_args(["eval", "x.pt"]).checkpoints == ["x.pt"]
 
 
-def test_shipped_model_recognised_by_config_hash(tmp_path: Path) -> None:
-    config = bench_paper.resolve_config("default", epochs=2)
-    path = tmp_path / "default.pt"
-    torch.save({"provenance": {"train_config": config.to_json()}}, path)
-    assert bench_paper.shipped_matches(bench_paper.config_hash(config), path)
-    other = bench_paper.resolve_config("default", epochs=3)
-    assert not bench_paper.shipped_matches(bench_paper.config_hash(other), path)
-    assert not bench_paper.shipped_matches("0" * 16, tmp_path / "missing.pt")
+def test_shipped_difference(tmp_path: Path) -> None:
+    weights = {"w": torch.ones(3), "steps": torch.tensor(4)}
+    torch.save({"head": weights}, tmp_path / "shipped.pt")
+    torch.save({"head": {"w": torch.tensor([1.0, 1.5, 1.0]), "steps": torch.tensor(4)}},
+               tmp_path / "ours.pt")
+    assert bench_paper.shipped_difference(tmp_path / "ours.pt", tmp_path / "shipped.pt") == 0.5
+    torch.save({"head": {"w": torch.ones(4), "steps": torch.tensor(4)}}, tmp_path / "other.pt")
+    assert bench_paper.shipped_difference(tmp_path / "other.pt", tmp_path / "shipped.pt") is None
+    assert bench_paper.shipped_difference(tmp_path / "ours.pt", tmp_path / "missing.pt") is None

@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from models.metrics import (
+    ResampledAP,
     average_precision,
     evaluate_zsl_gzsl,
     expected_calibration_error,
@@ -34,6 +35,27 @@ def test_ap_equals_sklearn_random_with_ties():
         ours = average_precision(scores, targets)
         ref = [average_precision_score(targets[:, j], scores[:, j]) for j in range(6)]
         np.testing.assert_allclose(ours, ref, rtol=1e-12)
+
+
+def test_resampled_ap_equals_ap_on_the_resampled_rows():
+    """The bootstrap's one-sort AP: a resample given as row counts scores exactly as the
+    resampled rows themselves (ties, repeated rows, rows left out, labels left without a
+    positive)."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n = int(rng.integers(5, 50))
+        scores = np.round(rng.random((n, 7)), 1)  # many ties
+        targets = (rng.random((n, 7)) < 0.2).astype(np.int8)
+        ranker = ResampledAP(scores, targets)
+        for _ in range(5):
+            index = rng.integers(0, n, n)
+            ours = ranker.ap(np.bincount(index, minlength=n))
+            np.testing.assert_allclose(ours, average_precision(scores[index], targets[index]),
+                                       rtol=1e-6, equal_nan=True)
+        kept = rng.random(n) < 0.5  # weights 0: rows outside an inclusion rule
+        np.testing.assert_allclose(ranker.ap(kept.astype(int)),
+                                   average_precision(scores[kept], targets[kept]),
+                                   rtol=1e-6, equal_nan=True)
 
 
 def test_map_rules():
