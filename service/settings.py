@@ -35,6 +35,9 @@ def execution_policy(engine: str, cores: int) -> dict[str, int]:
             "preprocess_workers": cores}
 
 
+# After the drain, the HTTP server waits at most this for its handlers to finish and the gRPC
+# server at most this for its RPCs (a batch that outlasts the drain is cut off, not waited for)
+STOP_GRACE_S = 1.0
 KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DEFAULT_KEY_NAME = "default"  # the name ML2P_API_KEY is logged and counted under
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
@@ -204,6 +207,13 @@ class Settings(BaseSettings):
         decoding = self.preprocess_workers * 8 * self.max_pixels
         inputs = self.image_capacity * 3 * input_size * input_size * 4
         return bodies + decoding + inputs + 64 * 2**20
+
+    @property
+    def shutdown_bound_s(self) -> float:
+        """Longest SIGTERM-to-exit: the drain, the HTTP and the gRPC server's grace after it
+        (STOP_GRACE_S each) and one second to close the engine and exit. A container's stop
+        grace period (compose `stop_grace_period`) must be at least this."""
+        return self.drain_timeout_s + 2 * STOP_GRACE_S + 1.0
 
     @property
     def label_workers_count(self) -> int:
