@@ -32,11 +32,9 @@ import httpx
 import pytest
 import yaml
 from deploy_support import LABELS, REPO
+from server_harness import pb, pb_grpc  # on the path through tests/deploy/conftest.py
 
 from artifact.testing import free_port, image_bytes
-
-sys.path.insert(0, str(REPO / "tests" / "service"))
-from server_harness import pb, pb_grpc  # noqa: E402
 
 PROMTOOL = shutil.which("promtool")
 TAGGER, PROMETHEUS = "ml2p-tagger:latest", "ml2p-prometheus:latest"  # the compose file's tag
