@@ -91,6 +91,27 @@ def _image_report(tag: str) -> dict:
                                for b, c in sized[:5]]}
 
 
+_SIZES = (
+    "import os, site, sys\n"
+    "def size(top):\n"
+    "    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(top) for f in fs"
+    " if not os.path.islink(os.path.join(d, f)))\n"
+    "dirs = [os.path.join(p, n) for p in site.getsitepackages() if os.path.isdir(p)"
+    " for n in os.listdir(p)]\n"
+    "dirs += [os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1])]\n"
+    "for d in dirs: print(size(d) if os.path.isdir(d) else os.path.getsize(d), d)\n"
+)
+
+
+def _largest_in_image(count: int = 12) -> dict[str, float]:
+    """The biggest site-packages entries and artifact files of the tagger image, in MB."""
+    out = _run("podman", "run", "--rm", "--entrypoint", "python", TAGGER, "-c", _SIZES,
+               "/app/models/zoo/default").stdout.splitlines()
+    sizes = sorted(((int(n), path) for n, path in (line.split(" ", 1) for line in out)),
+                   reverse=True)
+    return {path: round(n / 1e6, 1) for n, path in sizes[:count]}
+
+
 def _photo() -> tuple[bytes, str]:
     if PHOTOS.is_dir():
         first = sorted(PHOTOS.glob("*.jpg"))[0]
@@ -123,6 +144,7 @@ def stack():
     built = _run(*build, timeout=BUILD_TIMEOUT_S)
     report["build_s"] = json.loads(built.stdout.splitlines()[-1])
     report["images"] = {tag: _image_report(tag) for tag in (TAGGER, PROMETHEUS)}
+    report["images"][TAGGER]["largest_in_image_mb"] = _largest_in_image()
 
     project = f"ml2ptest{os.getpid()}"
     key = secrets.token_hex(16)
