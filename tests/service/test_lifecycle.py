@@ -46,6 +46,7 @@ def test_sigterm_drains_in_flight_refuses_new_work_and_exits_0(model_dir, tmp_pa
     time.sleep(0.2)
     ready = httpx.get(f"{srv.url}/readyz")
     assert ready.status_code == 503 and "shutting down" in ready.json()["error"]["message"]
+    assert "\nml2p_ready 0.0\n" in httpx.get(f"{srv.url}/metrics").text
     refused = httpx.post(f"{srv.url}/v1/tag", files={"image": ("i.png", png)},
                          data={"labels": ["dog"]})
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
