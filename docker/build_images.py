@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", help="base image (default: docker/base/build.sh's)")
     parser.add_argument("--tag", default="ml2p-tagger:latest")
     parser.add_argument("--prometheus-tag", default="ml2p-prometheus:latest")
-    parser.add_argument("--torch-index-url", default=None,
-                        help="torch's wheel index (default: the Dockerfile's, the PyTorch CPU "
-                        "index; '' when the pip configuration's index has torch)")
+    parser.add_argument("--torch-index-url", default=os.environ.get("ML2P_TORCH_INDEX_URL"),
+                        help="torch's wheel index (default: $ML2P_TORCH_INDEX_URL, else the "
+                        "Dockerfile's, the PyTorch CPU index; '' when the pip configuration's "
+                        "index has torch)")
     args = parser.parse_args(argv)
     times: dict[str, float] = {}
     base = args.base

@@ -139,8 +139,8 @@ def stack():
              "--prometheus-tag", PROMETHEUS]
     if os.environ.get("ML2P_BASE_IMAGE"):
         build += ["--base", os.environ["ML2P_BASE_IMAGE"]]
-    if "ML2P_TORCH_INDEX_URL" in os.environ:  # '' where the pip configuration has torch
-        build += ["--torch-index-url", os.environ["ML2P_TORCH_INDEX_URL"]]
+    # torch's index: ML2P_TORCH_INDEX_URL, read by build_images.py ('' where the pip
+    # configuration has torch, as .ci/run sets it)
     built = _run(*build, timeout=BUILD_TIMEOUT_S)
     report["build_s"] = json.loads(built.stdout.splitlines()[-1])
     report["images"] = {tag: _image_report(tag) for tag in (TAGGER, PROMETHEUS)}
