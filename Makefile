@@ -71,8 +71,12 @@ lock: install  ## upgrade the serving (base) dependencies in the venv, then pin 
 audit: install  ## pip-audit $(LOCK); fails on fixable vulnerabilities not in .ci/audit-allowlist.toml
 	$(PYTHON) .ci/audit.py $(LOCK) --allowlist .ci/audit-allowlist.toml
 
-compose-check: proto  ## check docker-compose.yml, docker/ against the code (+ real Prometheus if installed)
-	$(PYTHON) -m pytest tests/deploy -q
+compose-check: proto  ## tests/deploy: compose, docker/ against the code, promtool, real Prometheus, and the images built and run with Podman (each skips without its tool)
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/docker/containers.conf} $(PYTHON) -m pytest tests/deploy -q
+
+.PHONY: images
+images:  ## build the CPU tagger and the Debian Prometheus image with Podman (docs/deploy.md)
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/docker/containers.conf} $(PYTHON) docker/build_images.py
 
 .PHONY: bench-paper
 BUDGET ?= small

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -67,9 +68,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ArtifactError, EngineUnavailable) as exc:
         return _fail(f"cannot start: {exc}")
     try:
-        return asyncio.run(serve(settings, service))
+        code = asyncio.run(serve(settings, service))
     except OSError as exc:
         return _fail(f"cannot start: {exc}")
+    # Both servers are closed. A batch that outlasted the drain may still be running on an
+    # inference thread, and interpreter exit would join it (ThreadPoolExecutor's atexit hook),
+    # stretching the stop past Settings.shutdown_bound_s; nothing will read its result.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _unreadable(paths: list[str]) -> str | None:

@@ -12,6 +12,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -37,6 +39,10 @@ class Metrics:
     def __init__(self, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (resident memory, CPU seconds, open/max file descriptors, start time) and
+        # python_info, as the default registry would have them: a private registry has none
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.request_duration = Histogram(
             "ml2p_request_duration_seconds", "Request latency by protocol, endpoint and status",
             ["protocol", "endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r)
@@ -61,6 +67,18 @@ class Metrics:
                               registry=r)
         self.model_info = Gauge("ml2p_model_info", "Loaded model (value 1)",
                                 ["name", "version", "engine"], registry=r)
+        # 1 while /readyz answers 200 (model loaded and warmed up, not draining): `up` alone
+        # counts a replica whose model failed to load, or that is starting or draining, as up
+        self.ready = Gauge("ml2p_ready", "1 when ready to serve (/readyz 200), else 0",
+                           registry=r)
+        # the queue size setting, so the saturation alert divides by it instead of repeating it
+        self.queue_capacity = Gauge("ml2p_queue_capacity",
+                                    "Images the batch queue holds (ML2P_MAX_QUEUE_SIZE)",
+                                    registry=r)
+        # per named API key (its name, never the key), requests that passed the key check
+        self.key_requests = Counter("ml2p_authenticated_requests",
+                                    "Requests accepted with a named API key",
+                                    ["protocol", "key"], registry=r)
         self.startup = Gauge("ml2p_startup_seconds",
                              "Seconds from process start to ready (model loaded, warmed up)",
                              registry=r)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from service.pipeline import TaggingService, build_service
-from service.settings import Settings
+from service.settings import STOP_GRACE_S, Settings
 
 log = logging.getLogger("ml2p.server")
 
@@ -73,7 +73,9 @@ async def serve(settings: Settings, service: TaggingService | None = None) -> in
         sock = bind_socket(settings.host, settings.http_port)
         config = uvicorn.Config(
             create_app(service), host=settings.host, port=settings.http_port, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout_s,
+            # the drain already waited for the requests; this only bounds what is left after it
+            # (drain + this + gRPC's grace = Settings.shutdown_bound_s)
+            access_log=False, lifespan="on", timeout_graceful_shutdown=STOP_GRACE_S,
             timeout_keep_alive=5, **settings.uvicorn_tls())
         http_server = _UvicornServer(config)
         http_task = loop.create_task(http_server.serve(sockets=[sock]))
@@ -95,7 +97,7 @@ async def serve(settings: Settings, service: TaggingService | None = None) -> in
         with contextlib.suppress(SystemExit):
             await http_task
     if grpc_server is not None:
-        await grpc_server.stop(grace=1.0)
+        await grpc_server.stop(grace=STOP_GRACE_S)
     await service.close()
     stop_task.cancel()
     log.info("stopped", extra={"exit_code": code})

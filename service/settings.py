@@ -7,11 +7,13 @@ flags override the environment. The defaults below are the documented defaults.
 from __future__ import annotations
 
 import os
+import re
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EngineName = Literal["onnxruntime-cpu", "onnxruntime-gpu", "torch"]
 POLICY_FIELDS = ("inference_workers", "intra_op_threads", "max_batch_size", "preprocess_workers")
@@ -31,6 +33,43 @@ def execution_policy(engine: str, cores: int) -> dict[str, int]:
                 "preprocess_workers": cores}
     return {"inference_workers": 1, "intra_op_threads": 0, "max_batch_size": 32,
             "preprocess_workers": cores}
+
+
+# After the drain, the HTTP server waits at most this for its handlers to finish and the gRPC
+# server at most this for its RPCs (a batch that outlasts the drain is cut off, not waited for)
+STOP_GRACE_S = 1.0
+KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+DEFAULT_KEY_NAME = "default"  # the name ML2P_API_KEY is logged and counted under
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def read_api_keys(path: Path) -> dict[str, bytes]:
+    """A key file: one `name:key` a line, `#` comments and blank lines ignored. The name is
+    what logs and metrics show; the key is the Bearer token. ValueError, naming the line (never
+    the key), on anything else."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the key file ({exc.strerror or exc})") from None
+    keys: dict[str, bytes] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, key = (part.strip() for part in line.partition(":"))
+        if not sep or not key or any(c.isspace() for c in key):
+            raise ValueError(f"{path}:{number}: expected `name:key` (a key without spaces)")
+        if not KEY_NAME.fullmatch(name):
+            raise ValueError(f"{path}:{number}: key name {name!r}: 1-64 letters, digits, "
+                             "'.', '_', '-'")
+        if name in keys:
+            raise ValueError(f"{path}:{number}: key name {name!r} given twice")
+        if key.encode() in keys.values():
+            raise ValueError(f"{path}:{number}: the key of {name!r} is also another name's key")
+        keys[name] = key.encode()
+    if not keys:
+        raise ValueError(f"{path}: no keys (expected `name:key` lines)")
+    return keys
 
 
 def _policy_default(name: str):  # noqa: ANN202 - a pydantic default factory
@@ -119,7 +158,15 @@ class Settings(BaseSettings):
     builtin_vocabularies: bool = Field(True, description="serve nus-wide-81, voc-20, imagenet-1k")
 
     # --- operations -----------------------------------------------------------------------
-    api_key: SecretStr | None = Field(None, description="Bearer key for tag/vocabulary/models")
+    api_key: SecretStr | None = Field(None, description="Bearer key for tag/vocabulary/models "
+                                      f"(logged and counted as {DEFAULT_KEY_NAME!r})")
+    api_keys_file: Path | None = Field(
+        None, description="named Bearer keys, one `name:key` a line: logs and the "
+        "ml2p_authenticated_requests metric carry the name of the key used, never the key")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="browser origins (scheme://host[:port]) allowed to call the REST API, "
+        "comma-separated, or * for any; empty: no CORS headers (browsers refuse cross-origin "
+        "calls)")
     tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve REST and "
                                                     "gRPC over TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
@@ -162,14 +209,49 @@ class Settings(BaseSettings):
         return bodies + decoding + inputs + 64 * 2**20
 
     @property
+    def shutdown_bound_s(self) -> float:
+        """Longest SIGTERM-to-exit: the drain, the HTTP and the gRPC server's grace after it
+        (STOP_GRACE_S each) and one second to close the engine and exit. A container's stop
+        grace period (compose `stop_grace_period`) must be at least this."""
+        return self.drain_timeout_s + 2 * STOP_GRACE_S + 1.0
+
+    @property
     def label_workers_count(self) -> int:
         """`label_workers`, or half this machine's cores (at least one) when 0."""
         return self.label_workers or max(1, (os.cpu_count() or 2) // 2)
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "api_keys_file", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _key_file_valid(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and DEFAULT_KEY_NAME in read_api_keys(value) \
+                and info.data.get("api_key") is not None:
+            raise ValueError(f"{value}: the name {DEFAULT_KEY_NAME!r} is ML2P_API_KEY's; "
+                             "use another name in the key file")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for origin in value if isinstance(value, list | tuple) else ():
+            if origin != "*" and not _ORIGIN.fullmatch(str(origin)):
+                raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port] "
+                                 "(no path, no trailing slash) or *")
+        return value
+
+    @cached_property
+    def api_keys(self) -> dict[str, bytes]:
+        """Key name -> key, of ML2P_API_KEY and the key file; empty: no authentication."""
+        keys = read_api_keys(self.api_keys_file) if self.api_keys_file is not None else {}
+        if self.api_key is not None:
+            keys[DEFAULT_KEY_NAME] = self.api_key.get_secret_value().encode()
+        return keys
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -19,13 +19,21 @@ def request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def check_api_key(settings: Settings, token: str | None) -> None:
-    """Raise Unauthenticated unless no key is configured or `token` matches (constant time)."""
-    if settings.api_key is None:
-        return
-    expected = settings.api_key.get_secret_value().encode()
-    if token is None or not hmac.compare_digest(token.encode(), expected):
+def check_api_key(settings: Settings, token: str | None) -> str | None:
+    """The name of the key `token` is (None when no key is configured); Unauthenticated when
+    it is none of them. Every key is compared, in constant time, so the time taken does not
+    tell which key (or how much of one) matched."""
+    keys = settings.api_keys
+    if not keys:
+        return None
+    given = (token or "").encode()
+    matched = None
+    for name, key in keys.items():
+        if hmac.compare_digest(given, key):
+            matched = name
+    if matched is None:
         raise Unauthenticated("missing or wrong API key: send `Authorization: Bearer <key>`")
+    return matched
 
 
 def bearer_token(header: str | None) -> str | None:

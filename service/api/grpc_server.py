@@ -111,23 +111,23 @@ class TaggerServicer(pb_grpc.TaggerServicer):
         self.metrics = service.metrics
 
     # --- plumbing --------------------------------------------------------------------------
-    async def _begin(self, context: grpc.aio.ServicerContext, given: str = "") -> str:
+    async def _begin(self, context: grpc.aio.ServicerContext,
+                     given: str = "") -> tuple[str, str | None]:
         """Request id (message field, else `x-request-id` metadata, else new), echoed in the
-        initial metadata; then the API-key check."""
+        initial metadata; then the API-key check. Returns the id and the key's name."""
         metadata = {k: v for k, v in context.invocation_metadata() or ()}
         rid = request_id(given or metadata.get("x-request-id"))
         await context.send_initial_metadata((("x-request-id", rid),))
-        check_api_key(self.settings, bearer_token(metadata.get("authorization")))
-        return rid
+        return rid, check_api_key(self.settings, bearer_token(metadata.get("authorization")))
 
     async def _unary(self, method: str, context: grpc.aio.ServicerContext,
                      handler: Callable[[str], Awaitable], given_id: str = "",
                      request: object = None):
         """Run one unary RPC: request id, auth, status mapping, metrics and access log."""
-        start, status = time.perf_counter(), "OK"
+        start, status, key = time.perf_counter(), "OK", None
         token = logs.request_id.set(None)
         try:
-            rid = await self._begin(context, given_id)
+            rid, key = await self._begin(context, given_id)
             logs.request_id.set(rid)
             if isinstance(request, Undecodable):
                 raise request.error
@@ -144,14 +144,18 @@ class TaggerServicer(pb_grpc.TaggerServicer):
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
         finally:
-            self._record(method, status, start)
+            self._record(method, status, start, key)
             logs.request_id.reset(token)
 
-    def _record(self, method: str, status: str, start: float) -> None:
+    def _record(self, method: str, status: str, start: float, key: str | None = None) -> None:
+        """Metrics and the access log of one RPC (or stream item); `key`: the API key's name."""
         took = time.perf_counter() - start
         self.metrics.request_duration.labels("grpc", method, status).observe(took)
+        if key is not None:
+            self.metrics.key_requests.labels("grpc", key).inc()
         log.info("request", extra={"protocol": "grpc", "method": method, "status": status,
-                                   "duration_ms": round(took * 1000, 3)})
+                                   "duration_ms": round(took * 1000, 3),
+                                   **({"key": key} if key is not None else {})})
 
     def _options(self, request, context: grpc.aio.ServicerContext) -> TagOptions:  # noqa: ANN001
         """A request's options, from the fields its message has (Score has no deprecated
@@ -179,9 +183,9 @@ class TaggerServicer(pb_grpc.TaggerServicer):
                                  given_id=request.request_id, request=request)
 
     async def TagStream(self, request_iterator, context) -> AsyncIterator:  # noqa: N802
-        start, status = time.perf_counter(), "OK"
+        start, status, key = time.perf_counter(), "OK", None
         try:
-            await self._begin(context)
+            _, key = await self._begin(context)
             self.service.check_ready()
         except ServiceError as exc:
             self._record("TagStream", exc.grpc_status, start)
@@ -226,7 +230,7 @@ class TaggerServicer(pb_grpc.TaggerServicer):
                 leftover = pending.get_nowait()
                 if leftover is not None:
                     leftover.cancel()
-            self._record("TagStream", status, start)
+            self._record("TagStream", status, start, key)
 
     async def Embed(self, request, context):  # noqa: N802
         async def handler(rid: str) -> pb.EmbedResponse:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -82,10 +83,13 @@ async def get_service(request: Request) -> TaggingService:
 
 
 async def authorize(
+    request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    check_api_key(settings, credentials.credentials if credentials else None)
+    # the key's name goes to the request's state, where RequestContext logs and counts it
+    request.state.api_key = check_api_key(settings,
+                                          credentials.credentials if credentials else None)
 
 
 Service = Annotated[TaggingService, Depends(get_service)]
@@ -291,6 +295,14 @@ def create_app(service: TaggingService | None = None, settings: Settings | None 
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
                        max_requests=settings.admitted_requests,
                        retry_after_s=settings.retry_after_s, metrics=service.metrics)
+    if settings.cors_origins:
+        # added last, so outermost: the 401 / 413 / 429 answers of the layers inside carry the
+        # CORS headers too, and a browser script can read why it was refused
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
     _install_error_handlers(app)
     _add_routes(app)
     return app

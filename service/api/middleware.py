@@ -96,9 +96,13 @@ class RequestContext:
             endpoint = getattr(route, "path", None) or "unmatched"
             took = time.perf_counter() - start
             self.metrics.request_duration.labels("rest", endpoint, str(status)).observe(took)
+            key = scope["state"].get("api_key")  # the key's name, set by the auth dependency
+            if key is not None:
+                self.metrics.key_requests.labels("rest", key).inc()
             log.log(logging.DEBUG if scope["path"] in _QUIET else logging.INFO, "request",
                     extra={"protocol": "rest", "method": scope["method"], "path": scope["path"],
-                           "status": status, "duration_ms": round(took * 1000, 3)})
+                           "status": status, "duration_ms": round(took * 1000, 3),
+                           **({"key": key} if key is not None else {})})
             logs.request_id.reset(token)
 
     def _at_capacity(self) -> QueueFull:

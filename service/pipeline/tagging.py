@@ -161,6 +161,7 @@ class TaggingService:
         self._listeners: list = []
         self.metrics.model_info.labels(self.manifest.name, self.manifest.version,
                                        engine.name).set(1)
+        self.metrics.queue_capacity.set(settings.max_queue_size)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +186,7 @@ class TaggingService:
 
     def _set_state(self, state: State) -> None:
         self.state = state
+        self.metrics.ready.set(1 if state is State.READY else 0)
         for callback in self._listeners:
             callback(state)
 

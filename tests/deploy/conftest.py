@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from deploy_support import LABELS, REPO  # noqa: E402
+from deploy_support import API_KEY, LABELS, REPO  # noqa: E402
 from server_harness import Server, pb, pb_grpc  # noqa: E402
 
 from artifact.testing import image_bytes, write_tiny_artifact  # noqa: E402
@@ -70,12 +70,15 @@ def deploy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def live(deploy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = Server(deploy_model_dir, tmp_path_factory.mktemp("deploy-server"),
-                    max_batch_size=8)
+    work = tmp_path_factory.mktemp("deploy-server")
+    # a named key, so the per-key request counter is exported with its labels like the rest
+    (work / "keys").write_text(f"deploy-test:{API_KEY}\n")
+    server = Server(deploy_model_dir, work, max_batch_size=8, api_keys_file=work / "keys")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     try:
         server.wait_ready()
         png = image_bytes()
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, timeout=30, headers=auth) as client:
             for path in ("/v1/tag", "/tag"):
                 response = client.post(path, files={"image": ("a.png", png, "image/png")},
                                        data={"labels": LABELS})
@@ -86,9 +89,10 @@ def live(deploy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             routes = set(client.get("/openapi.json").json()["paths"])
         with server.channel() as channel:
             stub = pb_grpc.TaggerStub(channel)
-            stub.Tag(pb.TagRequest(image=png, labels=LABELS), timeout=30)
+            metadata = (("authorization", auth["Authorization"]),)
+            stub.Tag(pb.TagRequest(image=png, labels=LABELS), timeout=30, metadata=metadata)
             list(stub.TagStream(iter([pb.TagRequest(image=png, labels=LABELS)] * 2),
-                                timeout=30))
+                                timeout=30, metadata=metadata))
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
         samples, values, families = parse_exposition(text)
         methods = set(pb.DESCRIPTOR.services_by_name["Tagger"].methods_by_name)

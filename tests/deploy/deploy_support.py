@@ -14,6 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["cat", "dog", "red car"]  # candidate labels of the test traffic
+API_KEY = "deploy-test-key-6c1f0e"  # the live server's one named key ("deploy-test")
 
 # ------------------------------------------------------------------------------------ PromQL
 

@@ -295,13 +295,20 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
     gate = threading.Event()
     warmup = service.engine.warmup
     service.engine.warmup = lambda: (gate.wait(10), warmup())
+    def ready_gauge(client) -> str:  # noqa: ANN001 - the metric follows /readyz
+        (line,) = [x for x in client.get("/metrics").text.splitlines()
+                   if x.startswith("ml2p_ready ")]
+        return line.split()[1]
+
     with TestClient(create_app(service)) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and "still loading" in r.json()["error"]["message"]
+        assert ready_gauge(client) == "0.0"
         r = client.post("/v1/tag", files={"image": ("x.png", png)}, data={"labels": ["dog"]})
         assert r.status_code == 503 and client.get("/livez").status_code == 200
         gate.set()
         assert until_ready(client) == 200
+        assert ready_gauge(client) == "1.0"
 
     broken = build_service(settings)
     broken.engine.warmup = lambda: 1 / 0
@@ -311,6 +318,7 @@ def test_app_factory_and_readiness_states(model_dir, tmp_path, png):
             time.sleep(0.02)
         r = client.get("/readyz")
         assert r.status_code == 503 and "failed warm-up" in r.json()["error"]["message"]
+        assert ready_gauge(client) == "0.0"
 
 
 def test_a_failed_vocabulary_embedding_is_retried(model_dir, png, tmp_path):
