@@ -3,7 +3,8 @@
 `ml2p card` rewrites what sits between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in
 `models/weights/MODEL_CARD.md` and `README.md` from the result JSON it names (`accuracy`:
 `benchmarks/results/accuracy.json`, the table `ml2p eval` writes; `selection`:
-`benchmarks/results/selection.json`, `ml2p bench select`); `ml2p card --check` fails
+`benchmarks/results/selection.json`, `ml2p bench select`; `paper`: a summary of
+`benchmarks/results/paper_comparison.json`, `ml2p bench paper`); `ml2p card --check` fails
 when a document is out of date, which a test runs. Prose around the markers stays
 hand-written. The card must hold every section; the README holds the ones it quotes.
 """
@@ -21,8 +22,58 @@ REPO = Path(__file__).resolve().parents[1]
 CARD = REPO / "models" / "weights" / "MODEL_CARD.md"
 README = REPO / "README.md"
 SOURCES = {"accuracy": REPO / "benchmarks" / "results" / "accuracy.json",
-           "selection": REPO / "benchmarks" / "results" / "selection.json"}
-RENDER = {"accuracy": markdown_table, "selection": selection_table}
+           "selection": REPO / "benchmarks" / "results" / "selection.json",
+           "paper": REPO / "benchmarks" / "results" / "paper_comparison.json"}
+REGIME_COLUMNS = {"visual": "(a) visual features only",
+                  "imagenet-strict": "(b) ImageNet evidence, strict",
+                  "imagenet-all": "(b) ImageNet evidence, all classes"}
+METHOD_ROWS = (("fast0tag", "Fast0Tag"), ("lesa", "LESA"), ("biam", "BiAM"), ("ml2p", "ML2P"))
+
+
+def paper_summary(report: dict) -> str:
+    """ZSL / GZSL mAP of each method per regime and training dataset (the strongest ConSE
+    variant of each regime, named), then the report's verdict."""
+    lines = ["# The paper's comparison, summary", "",
+             f"Command: `{report['command']}` ({report['created']}). ZSL / GZSL mAP in %, the "
+             "mean over seeds, on each dataset's first test split; ConSE is the stronger of its "
+             "two variants (centred or raw label vectors) in each regime. Full tables, "
+             "intervals and cost: `benchmarks/results/paper_comparison.md`.", ""]
+    for dataset, seeds in report["seeds"].items():
+        cells = {regime: report["accuracy"].get(f"{dataset}/{regime}")
+                 for regime in report["regimes"]}
+        cells = {r: c for r, c in cells.items() if c}
+        if not cells:
+            continue
+        split = next(iter(next(iter(cells.values()))["datasets"]))
+        lines += [f"**{split}** (trained on {dataset}'s seen labels, seeds {seeds}):", "",
+                  "| method | " + " | ".join(REGIME_COLUMNS[r] for r in cells) + " |",
+                  "|---|" + "---|" * len(cells)]
+
+        def cell(methods: dict, key: str) -> str:
+            v = methods[key]
+            return f"{100 * v['zsl']['map']:.1f} / {100 * v['gzsl']['map']:.1f}"
+
+        row = ["ConSE (stronger variant)"]
+        for acc in cells.values():
+            methods = acc["datasets"][split]["methods"]
+            best = max((k for k in ("conse", "conse-raw") if k in methods),
+                       key=lambda k: methods[k]["zsl"]["map"])
+            row.append(cell(methods, best) + (" (raw)" if best == "conse-raw" else " (centred)"))
+        lines.append("| " + " | ".join(row) + " |")
+        for key, name in (("random", "random ranking"), *METHOD_ROWS):
+            row = [f"**{name}**" if key == "ml2p" else name]
+            row += [cell(acc["datasets"][split]["methods"], key)
+                    if key in acc["datasets"][split]["methods"] else "–"
+                    for acc in cells.values()]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["Verdict (ML2P against the strongest other method and the strongest ConSE "
+              "variant, ZSL mAP, paired 95 % interval of the difference):", ""]
+    lines += report.get("verdict", [])
+    return "\n".join(lines) + "\n"
+
+
+RENDER = {"accuracy": markdown_table, "selection": selection_table, "paper": paper_summary}
 
 
 def _demote(markdown: str, levels: int = 2) -> str:

@@ -231,3 +231,16 @@ def test_shipped_difference(tmp_path: Path) -> None:
     torch.save({"head": {"w": torch.ones(4), "steps": torch.tensor(4)}}, tmp_path / "other.pt")
     assert bench_paper.shipped_difference(tmp_path / "other.pt", tmp_path / "shipped.pt") is None
     assert bench_paper.shipped_difference(tmp_path / "ours.pt", tmp_path / "missing.pt") is None
+
+
+def test_render_rewrites_the_table_from_the_json(tmp_path: Path) -> None:
+    """`--render`: the committed JSON's table and figure written again, nothing re-measured."""
+    report = fake_report()
+    report["verdict"] = ["stale"]
+    out = tmp_path / "paper.json"
+    out.write_text(json.dumps(report))
+    assert bench_paper.main(["--render", "--out", str(out)]) == 0
+    text = out.with_suffix(".md").read_text()
+    assert "stale" not in text and "strongest other method" in text
+    assert json.loads(out.read_text())["command"] == report["command"]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
