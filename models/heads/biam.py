@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
-from models.heads.evidence import append_evidence, build_evidence
+from models.heads.evidence import add_evidence_input, append_evidence
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -107,8 +107,7 @@ class BiAMHead(nn.Module):
                  input_size: int | None = None, imagenet_evidence_dim: int = 0,
                  evidence_exclude: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
-        self.uses_imagenet_logits = self.evidence is not None
+        add_evidence_input(self, imagenet_evidence_dim, dim, evidence_exclude)
         cin = in_channels or TRANSFORM_CONFIGS[backbone].in_channels[tap]
         cglobal = global_channels or TRANSFORM_CONFIGS[backbone].in_channels[global_tap]
         self.tap, self.global_tap, self.top_k, self.dim, self.width = (

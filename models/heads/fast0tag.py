@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.heads import register_head
-from models.heads.evidence import build_evidence, require_logits
+from models.heads.evidence import add_evidence_input, evidence_vector
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -43,8 +43,7 @@ class Fast0TagHead(nn.Module):
                  in_channels: int | None = None, input_size: int | None = None,
                  imagenet_evidence_dim: int = 0, evidence_exclude: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
-        self.uses_imagenet_logits = self.evidence is not None
+        add_evidence_input(self, imagenet_evidence_dim, dim, evidence_exclude)
         self.tap, self.dim = tap, dim
         width = in_channels or TRANSFORM_CONFIGS[backbone].in_channels[tap]
         layers: list[nn.Module] = []
@@ -58,7 +57,7 @@ class Fast0TagHead(nn.Module):
                 imagenet_logits: torch.Tensor | None = None) -> torch.Tensor:
         f = self.mlp(taps[self.tap].mean(dim=(2, 3)))  # [B, D]
         if self.evidence is not None:
-            f = f + self.evidence(require_logits(self, imagenet_logits))
+            f = f + evidence_vector(self, imagenet_logits)
         return f.unsqueeze(1)  # [B, 1, D]
 
     @staticmethod

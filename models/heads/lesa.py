@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
-from models.heads.evidence import append_evidence, build_evidence
+from models.heads.evidence import add_evidence_input, append_evidence
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -50,8 +50,7 @@ class LESAHead(nn.Module):
                  in_channels: int | None = None, input_size: int | None = None,
                  imagenet_evidence_dim: int = 0, evidence_exclude: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
-        self.uses_imagenet_logits = self.evidence is not None
+        add_evidence_input(self, imagenet_evidence_dim, dim, evidence_exclude)
         self.tap, self.dim, self.attentions, self.width = tap, dim, attentions, width
         cin = in_channels or TRANSFORM_CONFIGS[backbone].in_channels[tap]
         # TF-slim conv2d + batch_normalization: no conv bias, BN decay 0.99 / eps 1e-3

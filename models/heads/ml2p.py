@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
-from models.heads.evidence import build_evidence, require_logits
+from models.heads.evidence import add_evidence_input, evidence_vector
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,6 @@ class ML2PHead(nn.Module):
         self.tokens = tokens or (input_size // 32) ** 2
         self.imagenet_evidence_dim = imagenet_evidence_dim
         self.cosine_scale = cosine_scale
-        self.uses_imagenet_logits = imagenet_evidence_dim > 0
 
         self.transforms = nn.ModuleList(
             TapTransform(c, w, p) for c, w, p in zip(in_channels, widths, pools, strict=True)
@@ -195,7 +194,7 @@ class ML2PHead(nn.Module):
         self.mixer = MixerBlock(dim, self.tokens, token_hidden or self.tokens // channel_reduction,
                                 dim // channel_reduction)
         self.group_attention = GroupAttention(dim, group_hidden or dim, softmax=group_softmax)
-        self.evidence = build_evidence(imagenet_evidence_dim, dim, evidence_exclude)
+        add_evidence_input(self, imagenet_evidence_dim, dim, evidence_exclude)
 
     def forward(
         self,
@@ -212,7 +211,7 @@ class ML2PHead(nn.Module):
         x = self.mixer(x.transpose(-2, -1))  # [B, G, N, D]
         x = torch.sigmoid(x.amax(dim=2))  # [B, G, D]
         if self.uses_imagenet_logits:
-            x = x + self.evidence(require_logits(self, imagenet_logits)).unsqueeze(1)  # [B, G, D]
+            x = x + evidence_vector(self, imagenet_logits).unsqueeze(1)  # [B, G, D]
         x = self.group_attention(x)  # [B, G, D]
         if self.cosine_scale:
             x = F.normalize(x, dim=-1) * self.cosine_scale

@@ -60,12 +60,12 @@ def test_evidence_regimes_share_one_input(head: str, regime: str, synthetic: Non
     assert not torch.allclose(base, scores_for(trainer, perturbed(logits, 0)))
     moved = scores_for(trainer, perturbed(logits, EXCLUDED_CLASS))
     if regime == "imagenet-strict":  # removed from the input: the scores cannot see it
-        assert bool(evidence.dropped[EXCLUDED_CLASS])
+        assert bool(trainer.tagger.head.evidence_dropped[EXCLUDED_CLASS])
         assert torch.allclose(base, moved, atol=1e-5)
         assert trainer.tagger.config["head_kwargs"]["evidence_exclude"] == \
             np.flatnonzero(~kept.numpy()).tolist()
     else:
-        assert not bool(evidence.dropped.any())
+        assert trainer.tagger.head.evidence_dropped is None
         assert not torch.allclose(base, moved)
 
 
@@ -77,7 +77,7 @@ def test_strict_evidence_survives_the_checkpoint(head: str, synthetic: None,
 
     result = train_any(config_for(head, regime="imagenet-strict", epochs=1), tmp_path)
     tagger = load_checkpoint(result["checkpoint"])
-    assert bool(tagger.head.evidence.dropped[EXCLUDED_CLASS])
+    assert bool(tagger.head.evidence_dropped[EXCLUDED_CLASS])
     assert tagger.provenance["train_config"]["regime"] == "imagenet-strict"
 
 
@@ -148,4 +148,4 @@ def test_train_command_takes_a_regime(synthetic: None, tmp_path: Path) -> None:
     assert main(["train", "--recipe", str(recipe), "--regime", "imagenet-strict",
                  "--set", "distill_weight=0", "--out", str(tmp_path / "run")]) == 0
     tagger = load_checkpoint(tmp_path / "run" / "model.pt")
-    assert tagger.uses_imagenet_logits and bool(tagger.head.evidence.dropped[EXCLUDED_CLASS])
+    assert tagger.uses_imagenet_logits and bool(tagger.head.evidence_dropped[EXCLUDED_CLASS])
