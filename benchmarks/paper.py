@@ -982,7 +982,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     if args.runs < 20:
         log.warning("--runs %d: fewer than the 20 timed runs the report promises", args.runs)
-    runs = plan_runs(args.budget, seeds_by_dataset(args), not args.no_ablations,
+    seeds = seeds_by_dataset(args)
+    runs = plan_runs(args.budget, seeds, not args.no_ablations,
                      tuple(args.methods) if args.methods else None, tuple(args.datasets),
                      tuple(args.regimes))
     if args.jobs > 1:
@@ -1045,7 +1046,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "budget": args.budget, "small_epochs": SMALL_EPOCHS, "ablation_epochs": ABLATION_EPOCHS,
-        "seeds": seeds_by_dataset(args), "datasets": args.datasets, "regimes": args.regimes,
+        "seeds": seeds, "datasets": args.datasets, "regimes": args.regimes,
         "dataset_versions": {split: entry["dataset_version"] for cell in accuracy.values()
                              for split, entry in cell["datasets"].items()},
         "threads": args.threads, "runs_per_point": args.runs, "engine": args.engine,

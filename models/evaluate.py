@@ -20,6 +20,7 @@ from models.label_embedders import create_embedder
 from models.metrics import (
     ResampledAP,
     evaluate_zsl_gzsl,
+    mean_over_labels,
     probability_quality,
 )
 from models.tagger import load_checkpoint
@@ -89,15 +90,10 @@ def bootstrap_map(score_sets: list[np.ndarray], split: SplitData, samples: int,
         counts = np.bincount(rng.integers(0, n, n), minlength=n)  # the resample's rows
         for setting in columns:
             weights = counts * included[setting]
-            draws[setting].append(float(np.mean([_nanmean(r.ap(weights))
+            draws[setting].append(float(np.mean([mean_over_labels(r.ap(weights))
                                                   for r in rankers[setting]])))
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
             for k, v in draws.items()}, draws
-
-
-def _nanmean(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]  # labels without a positive are skipped
-    return float(values.mean()) if len(values) else float("nan")
 
 
 def evaluate_checkpoints(checkpoints: list[Path], datasets: list[str], out: Path,

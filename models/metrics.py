@@ -121,6 +121,11 @@ def mean_average_precision(
         ap = np.nan_to_num(ap, nan=0.0)
     elif no_positive != "skip":
         raise ValueError(f"no_positive must be 'skip' or 'zero', not {no_positive!r}")
+    return mean_over_labels(ap)
+
+
+def mean_over_labels(ap: np.ndarray) -> float:
+    """The mean of per-label APs, labels without a positive (NaN) skipped; NaN if none has."""
     ap = ap[~np.isnan(ap)]
     return float(ap.mean()) if len(ap) else float("nan")
 

@@ -102,9 +102,11 @@ _REGIME_KWARGS = ("imagenet_evidence_dim", "evidence_exclude", "source", "exclud
                   "num_classes")
 
 
-def regime_model(config: TrainConfig, seen_labels: int, excluded: set[str]) -> tuple[dict, str]:
+def regime_model(config: TrainConfig, seen_labels: int, excluded_classes: np.ndarray
+                 ) -> tuple[dict, str]:
     """The model configuration and `evidence_init` that `config.regime` implies, for a model
-    trained on `seen_labels` labels with `excluded` (unseen) labels."""
+    trained on `seen_labels` labels; `excluded_classes` [1000] bool: the ImageNet classes that
+    name an unseen label (`imagenet_exclusion_mask`)."""
     model = copy.deepcopy(config.model)
     if not config.regime:
         return model, config.evidence_init
@@ -129,21 +131,8 @@ def regime_model(config: TrainConfig, seen_labels: int, excluded: set[str]) -> t
         return model, "zeros"
     kwargs["imagenet_evidence_dim"] = 1000
     if strict:
-        kwargs["evidence_exclude"] = [int(i) for i in
-                                      np.flatnonzero(imagenet_exclusion_mask(excluded))]
+        kwargs["evidence_exclude"] = [int(i) for i in np.flatnonzero(excluded_classes)]
     return model, "class_names" if strict else "class_names_all"
-
-
-def regime_of(config: TrainConfig) -> str:
-    """The regime a configuration trains in, also for one written before `regime` existed."""
-    if config.regime:
-        return config.regime
-    kwargs = config.model.get("head_kwargs", {})
-    if config.model.get("head") == "conse":
-        return "imagenet-strict" if kwargs.get("exclude_unseen", True) else "imagenet-all"
-    if kwargs.get("imagenet_evidence_dim") or config.distill_weight > 0:
-        return "imagenet-all"
-    return "visual"
 
 
 @dataclass
@@ -249,7 +238,8 @@ class Trainer:
         raw_imagenet = self.embedder.embed(self.imagenet_names)
         self.raw_labels = torch.from_numpy(raw_labels)
         self.raw_imagenet = torch.from_numpy(raw_imagenet)
-        model_config, evidence_init = regime_model(config, len(names), self.excluded)
+        model_config, evidence_init = regime_model(config, len(names),
+                                                   ~self.imagenet_keep.numpy())
         self.tagger = build_tagger(dict(model_config, embed_dim=int(raw_labels.shape[1])))
         # a fixed centring mean over a broad vocabulary: sentence-embedding vectors are
         # anisotropic, and ranking against raw vectors collapses to constant scores

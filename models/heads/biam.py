@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
-from models.heads.evidence import add_evidence_input, append_evidence
+from models.heads.evidence import add_evidence_input, append_evidence, append_labels
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -131,9 +131,7 @@ class BiAMHead(nn.Module):
 
     def region_scores(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, R, C'(+D)] × [L, D] → [B, R, L]."""
-        w = self.classifier(labels)  # [L, C']
-        if self.evidence is not None:
-            w = torch.cat([w, labels], dim=-1)  # [L, C' + D]
+        w = append_labels(self, self.classifier(labels), labels)  # [L, C'(+D)]
         return torch.einsum("brc,lc->brl", out, w)
 
     def score(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -56,3 +56,10 @@ def append_evidence(head: nn.Module, features: torch.Tensor, logits: torch.Tenso
         return features
     e = evidence_vector(head, logits)  # [B, D]
     return torch.cat([features, e.unsqueeze(1).expand(-1, features.shape[1], -1)], dim=-1)
+
+
+def append_labels(head: nn.Module, classifiers: torch.Tensor, labels: torch.Tensor
+                  ) -> torch.Tensor:
+    """[L, C] → [L, C + D]: each label's classifier with its label vector [L, D] appended, the
+    other half of `append_evidence` (unchanged without evidence)."""
+    return classifiers if head.evidence is None else torch.cat([classifiers, labels], dim=-1)

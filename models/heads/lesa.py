@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import register_head
-from models.heads.evidence import add_evidence_input, append_evidence
+from models.heads.evidence import add_evidence_input, append_evidence, append_labels
 from models.heads.ml2p import TRANSFORM_CONFIGS
 
 
@@ -76,8 +76,7 @@ class LESAHead(nn.Module):
 
     def classifiers(self, labels: torch.Tensor) -> torch.Tensor:
         """[L, D] → [L, C'(+D)]: W w_l (with w_l appended when there is evidence)."""
-        w = self.classifier(labels)
-        return w if self.evidence is None else torch.cat([w, labels], dim=-1)
+        return append_labels(self, self.classifier(labels), labels)
 
     def attention_scores(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, K, C'] × [L, D] → [B, K, L]: every attended feature against every label."""

@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,9 +101,10 @@ def test_plan_covers_every_method_regime_and_dataset() -> None:
     assert len({r["hash"] for r in main}) == len(main)  # no two runs share a checkpoint
     conse = {(r["regime"], r["key"]): r["config"] for r in main if r["dataset"] == "voc2007"
              and r["seed"] == 0 and r["key"] in bench_paper.CONSE_VARIANTS}
-    model, _ = regime_model(conse["visual", "conse"], 16, set())
+    model, _ = regime_model(conse["visual", "conse"], 16, np.zeros(1000, bool))
     assert model["head_kwargs"]["source"] == "seen"  # (a): a classifier of the seen labels
-    model, _ = regime_model(conse["imagenet-strict", "conse"], 16, set())
+    model, _ = regime_model(conse["imagenet-strict", "conse"], 16,
+                            np.zeros(1000, bool))
     assert model["head_kwargs"]["exclude_unseen"] is True
     assert conse["visual", "conse"].label_centring and \
         not conse["visual", "conse-raw"].label_centring

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.train import Trainer, regime_of
+from models.train import Trainer
 from tests.models.synthetic import config_for, synthetic_split
 
 HEADS = ["fast0tag", "lesa", "biam", "ml2p"]
@@ -114,16 +114,6 @@ def test_a_regime_sets_the_evidence_itself(synthetic: None, tmp_path: Path) -> N
         Trainer(config_for("ml2p", regime="visual", distill_weight=0.1), tmp_path)
     with pytest.raises(ValueError, match="unknown regime"):
         Trainer(config_for("ml2p", regime="imagenet"), tmp_path)
-
-
-def test_regime_of_configs_written_before_the_setting() -> None:
-    legacy = config_for("ml2p", distill_weight=0.0, evidence_init="class_names_all")
-    assert regime_of(legacy) == "visual"
-    legacy.model["head_kwargs"]["imagenet_evidence_dim"] = 1000
-    assert regime_of(legacy) == "imagenet-all"
-    conse = config_for("conse", distill_weight=0.0)
-    assert regime_of(conse) == "imagenet-strict"
-    assert regime_of(config_for("lesa", regime="imagenet-strict")) == "imagenet-strict"
 
 
 def test_recipes_name_their_regime() -> None:
