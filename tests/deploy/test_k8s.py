@@ -145,6 +145,9 @@ def test_what_the_overlays_hold(rendered):
         assert set(key) == {"name", "valueFrom"} and key["valueFrom"]["secretKeyRef"]["name"]
         # the PDB and the autoscaler's floor leave a replica up through a voluntary eviction
         hpa, pdb = one(docs, "HorizontalPodAutoscaler"), one(docs, "PodDisruptionBudget")
+        assert hpa["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"][
+            "name"]
+        assert "replicas" not in one(docs, "Deployment")["spec"], "the HPA owns the count"
         assert pdb["spec"]["maxUnavailable"] < max(hpa["spec"]["minReplicas"], 2)
     cpu_hpa = one(rendered["overlays/cpu"], "HorizontalPodAutoscaler")
     gpu_hpa = one(rendered["overlays/gpu"], "HorizontalPodAutoscaler")
