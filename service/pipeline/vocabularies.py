@@ -34,10 +34,10 @@ log = logging.getLogger("ml2p.vocabularies")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 
-Signature = tuple[int, int, int]  # (inode, mtime ns, size): a rename always changes the inode
+Signature = tuple[int, int, int]  # (inode, mtime ns, size): a renamed-in file has a new inode
 
 
-@dataclass(eq=False)
+@dataclass
 class Vocabulary:
     """A named label list; `embeddings` are filled on first use (per loaded model).
 
