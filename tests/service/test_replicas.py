@@ -124,6 +124,11 @@ def test_no_torn_reads_while_another_replica_replaces(replicas):
     assert seen == {len(small), len(large)}, "b never saw one of the two versions"
 
 
+def _closed_after_ready(states: list) -> bool:
+    ready = grpc.ChannelConnectivity.READY
+    return ready in states and grpc.ChannelConnectivity.IDLE in states[states.index(ready):]
+
+
 def test_grpc_connections_are_aged_so_clients_re_resolve(model_dir, tmp_path):
     """With ML2P_GRPC_MAX_CONNECTION_AGE_S the server closes a client's connection (GOAWAY)
     after that age, so a round_robin client of a headless Service resolves the name again and
@@ -138,8 +143,7 @@ def test_grpc_connections_are_aged_so_clients_re_resolve(model_dir, tmp_path):
             health = health_pb2_grpc.HealthStub(channel)
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
             deadline = time.monotonic() + 15
-            while grpc.ChannelConnectivity.IDLE not in states[states.index(
-                    grpc.ChannelConnectivity.READY):]:
+            while not _closed_after_ready(list(states)):  # callbacks come on another thread
                 assert time.monotonic() < deadline, f"connection never closed: {states}"
                 time.sleep(0.1)
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
