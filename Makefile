@@ -71,7 +71,7 @@ lock: install  ## upgrade the serving (base) dependencies in the venv, then pin 
 audit: install  ## pip-audit $(LOCK); fails on fixable vulnerabilities not in .ci/audit-allowlist.toml
 	$(PYTHON) .ci/audit.py $(LOCK) --allowlist .ci/audit-allowlist.toml
 
-compose-check: proto  ## tests/deploy: compose, docker/ against the code, promtool, real Prometheus, and the images built and run with Podman (each skips without its tool)
+compose-check: proto  ## tests/deploy: compose, docker/ and deploy/k8s (rendered, schema-validated) against the code, promtool, real Prometheus, and the images built and run with Podman (each skips without its tool)
 	CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/docker/containers.conf} $(PYTHON) -m pytest tests/deploy -q
 
 .PHONY: images

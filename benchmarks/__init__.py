@@ -43,6 +43,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                       "latency, throughput, agreement with fp32"),
     "emoji-diagnostics": ("benchmarks.emoji_diagnostics", "where EmojiTags loses its signal: "
                                                           "probes, ceilings, scene factors"),
+    "autoscale": ("benchmarks.autoscale_sim", "replicas for a request rate, and the "
+                                              "autoscaler of deploy/k8s under a step in load, "
+                                              "simulated from the measured service times"),
     "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "
                                                   "compares against"),
 }

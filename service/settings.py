@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of both servers")
     http_port: int = Field(8000, ge=0, le=65535, description="REST port (0 = disabled)")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = disabled)")
+    grpc_max_connection_age_s: float = Field(
+        0.0, ge=0, description="close gRPC connections after this long (0 = never), so clients "
+        "of several replicas re-resolve and reach new ones; running calls get the drain timeout")
 
     # --- model and engine -----------------------------------------------------------------
     model: Path = Field(Path("models/zoo/default"), description="model artifact directory")
@@ -155,6 +158,9 @@ class Settings(BaseSettings):
     vocab_dir: Path = Field(
         Path.home() / ".cache" / "ml2p" / "vocabularies", description="stored vocabularies"
     )
+    vocab_refresh_s: float = Field(
+        1.0, ge=0, description="re-read the vocabulary directory at most this often, on a "
+        "lookup, so replicas sharing it agree within this bound (0 = on every lookup)")
     builtin_vocabularies: bool = Field(True, description="serve nus-wide-81, voc-20, imagenet-1k")
 
     # --- operations -----------------------------------------------------------------------
@@ -264,6 +270,13 @@ class Settings(BaseSettings):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: {path} is not a readable file")
         return self
+
+    def grpc_connection_options(self) -> list[tuple[str, int]]:
+        """gRPC server options for `grpc_max_connection_age_s` (none when it is 0)."""
+        if not self.grpc_max_connection_age_s:
+            return []
+        return [("grpc.max_connection_age_ms", int(self.grpc_max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.drain_timeout_s * 1000))]
 
     def grpc_credentials(self):  # noqa: ANN201 - grpc.ServerCredentials | None
         """The gRPC server credentials of the TLS settings (None: plaintext)."""

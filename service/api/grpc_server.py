@@ -336,6 +336,7 @@ async def start_grpc_server(service: TaggingService, host: str, port: int) -> Gr
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
+        *settings.grpc_connection_options(),
     ])
     _add_tagger(TaggerServicer(service), server)
     health = HealthServicer()

@@ -142,7 +142,8 @@ class TaggingService:
         self.metrics = metrics or Metrics(settings.max_batch_size)
         self.state = State.STARTING
         self.failure: str | None = None
-        self.vocabularies = VocabularyStore(settings.vocab_dir, settings.builtin_vocabularies)
+        self.vocabularies = VocabularyStore(settings.vocab_dir, settings.builtin_vocabularies,
+                                            settings.vocab_refresh_s)
         self._preprocess_pool = ThreadPoolExecutor(settings.preprocess_workers,
                                                    thread_name_prefix="ml2p-pre")
         self.cache = LabelCache(settings.label_cache_size)
@@ -155,7 +156,6 @@ class TaggingService:
         self._images_in_flight = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
-        self._vocab_tasks: dict[str, asyncio.Future] = {}
         self._reference_vectors = np.zeros((0, self.manifest.dim), np.float32)
         self._started = False
         self._listeners: list = []
@@ -552,20 +552,20 @@ class TaggingService:
         """The vocabulary's label matrix, embedded once (shared by concurrent requests)."""
         if vocab.embeddings is not None:
             return vocab.embeddings, 0
-        task = self._vocab_tasks.get(vocab.name)
+        task = vocab.pending
         if task is None or task.cancelled():
             task = asyncio.ensure_future(self.label_encoder.embed(self._vocab_clean(vocab),
                                                                   vocabulary=True))
-            self._vocab_tasks[vocab.name] = task
+            vocab.pending = task
         try:
             matrix, misses = await asyncio.shield(task)  # a timed-out request keeps the work
         except Exception:
             # a failed embedding is not remembered: the next request tries again
-            if self._vocab_tasks.get(vocab.name) is task:
-                del self._vocab_tasks[vocab.name]
+            if vocab.pending is task:
+                vocab.pending = None
             raise
         vocab.embeddings = matrix
-        self._vocab_tasks.pop(vocab.name, None)
+        vocab.pending = None
         return matrix, misses
 
     async def put_vocabulary(self, name: str,
@@ -583,7 +583,6 @@ class TaggingService:
         await loop.run_in_executor(self._preprocess_pool, self.engine.check_labels, clean.texts)
         vocab, created = self.vocabularies.put(name, clean.texts)
         vocab.clean = clean
-        self._vocab_tasks.pop(name, None)
         task = asyncio.ensure_future(self._vocab_embeddings(vocab))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no stray warning
         return vocab, created, clean.duplicates
@@ -591,7 +590,6 @@ class TaggingService:
     def delete_vocabulary(self, name: str) -> None:
         self.check_ready()
         self.vocabularies.delete(name)
-        self._vocab_tasks.pop(name, None)
 
     def describe(self) -> dict:
         """What `/v1/models` reports."""

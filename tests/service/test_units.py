@@ -16,7 +16,14 @@ from artifact.manifest import Calibration, label_novelty
 from ml2p_cli import build_parser
 from service import protos
 from service.cli import settings_from
-from service.errors import DeadlineExceeded, InvalidRequest, LabelError, LabelTooLong, QueueFull
+from service.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    LabelError,
+    LabelTooLong,
+    NotFound,
+    QueueFull,
+)
 from service.metrics import batch_buckets
 from service.pipeline.batcher import DynamicBatcher
 from service.pipeline.labels import LabelCache, clean_labels
@@ -253,6 +260,36 @@ def test_vocabulary_store_persists_and_validates(tmp_path):
     for bad in ("../etc", "a/b", "", ".x", "x" * 65):
         with pytest.raises(InvalidRequest):
             reloaded.put(bad, ["a"])
+
+
+def test_vocabulary_store_follows_the_shared_directory_within_its_interval(tmp_path):
+    """Two stores on one directory (two replicas on one volume): a change through one is
+    seen by the other once `refresh_s` has passed, not before; a replaced vocabulary is a
+    new object (embeddings of the old one never answer for it)."""
+    now = [0.0]
+    writer = VocabularyStore(tmp_path, builtins=False)
+    reader = VocabularyStore(tmp_path, builtins=False, refresh_s=1.0, clock=lambda: now[0])
+    reader.load()
+    writer.put("pets", ["dog"])
+    with pytest.raises(NotFound):
+        reader.get("pets")
+    now[0] = 1.0
+    old = reader.get("pets")
+    assert old.labels == ["dog"]
+    old.embeddings = np.zeros((1, 4), np.float32)
+    writer.put("pets", ["cat", "bird"])
+    now[0] = 2.0
+    new = reader.get("pets")
+    assert new.labels == ["cat", "bird"] and new is not old and new.embeddings is None
+    assert reader.get("pets") is new  # unchanged file: not read again
+    (tmp_path / "pets.json").write_text("{half")  # written in place by hand, half-way
+    now[0] = 3.0
+    assert reader.get("pets") is new
+    writer.delete("pets")
+    now[0] = 4.0
+    with pytest.raises(NotFound):
+        reader.get("pets")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary files left
 
 
 def test_stubs_come_from_the_client_and_match_the_proto(tmp_path, monkeypatch):

@@ -38,8 +38,12 @@ def _timings(message) -> dict[str, float]:  # noqa: ANN001 - pb.Timings / pb.Gfl
 class GrpcTransport:
     def __init__(self, target: str, secure: bool, api_key: str | None, timeout: float,
                  root_certificates: bytes | None, cert: tuple[bytes, bytes] | None) -> None:
+        # round_robin: over every address the target resolves to (a `dns:///` name of a
+        # headless Service: one connection per replica, requests spread over them); with one
+        # address it is the same as the default pick_first
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                   ("grpc.lb_policy_name", "round_robin")]
         if secure:
             key, chain = cert if cert is not None else (None, None)
             credentials = grpc.ssl_channel_credentials(root_certificates, key, chain)
