@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                       "latency, throughput, agreement with fp32"),
     "emoji-diagnostics": ("benchmarks.emoji_diagnostics", "where EmojiTags loses its signal: "
                                                           "probes, ceilings, scene factors"),
+    "explain": ("benchmarks.explain", "relevance maps: the pointing game on VOC (seen and unseen "
+                                      "labels, against the centre) and their serving cost"),
     "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "
                                                   "compares against"),
 }
