@@ -159,3 +159,35 @@ def test_variant_matches_fp32_within_its_tolerance(setup, variant):
     most, least = VARIANT_TOLERANCE[variant]
     assert np.isfinite(got).all() and got.shape == fp32.shape
     assert change <= most and overlap >= least, (change, overlap)
+
+
+def test_relevance_terms_match_torch(setup):
+    """The map terms (README "Relevance maps") of the fp32 map graph and of the torch engine
+    against the module, on the real images: maps computed by either engine are the module's."""
+    from artifact.loader import load_artifact
+    from models.tagger import load_checkpoint
+    from service.runtime.onnxrt import OnnxRuntimeEngine
+    from service.runtime.torch_engine import TorchEngine
+    from service.settings import Settings
+
+    s = setup
+    art = Path(s["art"])
+    real = s["images"][-s["real"]:][:8]
+    tagger = load_checkpoint(art / "tagger.pt")
+    tagger.attach_backbone()
+    with torch.no_grad():
+        ref = [t.numpy() for t in tagger.eval().encode_images(torch.from_numpy(real),
+                                                               explain=True)]
+    artifact = load_artifact(art)
+    engines = {
+        "onnxruntime-cpu": OnnxRuntimeEngine(artifact, Settings(
+            model=art, engine="onnxruntime-cpu", precision="fp32", intra_op_threads=1)),
+        "torch": TorchEngine(artifact, Settings(model=art, engine="torch", intra_op_threads=1),
+                             device="cpu")}
+    for name, engine in engines.items():
+        assert engine.explain_missing is None, name
+        got = engine.encode_images_explained(real)
+        for term, ours, theirs in zip(("groups", "positions", "evidence"), got, ref,
+                                      strict=True):
+            assert ours.shape == theirs.shape, (name, term)
+            assert float(np.abs(ours - theirs).max()) <= 1e-4, (name, term)
