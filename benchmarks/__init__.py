@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                       "latency, throughput, agreement with fp32"),
     "emoji-diagnostics": ("benchmarks.emoji_diagnostics", "where EmojiTags loses its signal: "
                                                           "probes, ceilings, scene factors"),
+    "screenshot": ("benchmarks.demo_page", "the demo page in headless Chromium, in use on a "
+                                           "scikit-image sample photo (docs/demo.png)"),
     "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "
                                                   "compares against"),
 }
