@@ -7,6 +7,8 @@ key the person types (`service/api/static/demo.js`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -37,15 +39,21 @@ def add_pages(app: FastAPI) -> None:
     async def demo() -> FileResponse:
         return FileResponse(str(_STATIC / "index.html"), media_type="text/html")
 
+    def docs_page(request: Request, render: Callable[..., HTMLResponse], title: str,
+                  **assets: str) -> HTMLResponse:
+        """`render` (FastAPI's page template) with the spec and `assets` under the app's
+        root path, so the pages work behind a path prefix too."""
+        root = request.scope.get("root_path", "")
+        return render(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - {title}",
+                      **{k: f"{root}{v}" for k, v in assets.items()})
+
     @app.get("/docs", include_in_schema=False)
     async def swagger(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{redirect_url}",
-            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png")
+        return docs_page(request, get_swagger_ui_html, "Swagger UI",
+                         oauth2_redirect_url=redirect_url,
+                         swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+                         swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+                         swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png")
 
     @app.get(redirect_url, include_in_schema=False)
     async def swagger_redirect() -> HTMLResponse:
@@ -53,8 +61,6 @@ def add_pages(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False)
+        return docs_page(request, partial(get_redoc_html, with_google_fonts=False), "ReDoc",
+                         redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+                         redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png")
