@@ -202,16 +202,22 @@ def test_keyboard_alone_reaches_every_control_and_tags(page, photo) -> None:
              not in (before, None, ""))
 
 
-def test_a_non_image_file_gets_a_clear_message(page, tmp_path) -> None:
-    notes = tmp_path / "notes.txt"
-    notes.write_text("this is not a picture\n")
-    tags = tag_on_page(page, notes, LABELS)
-    assert tags == []
+@pytest.mark.parametrize(("name", "content", "status", "says"), [
+    ("notes.txt", b"this is not a picture\n", "400",
+     "The server could not read this file as an image."),
+    # over the server's body limit (2 MB here): refused from the headers, before the upload
+    ("huge.jpg", b"\xff" * 3_000_000, "413", "Too large for this server."),
+], ids=["not-an-image", "too-large"])
+def test_an_api_error_gets_a_clear_message(page, tmp_path, name, content, status,
+                                           says) -> None:
+    upload = tmp_path / name
+    upload.write_bytes(content)
+    assert tag_on_page(page, upload, LABELS) == []
     error = page.find_element("id", "error")
     assert error.is_displayed()
-    assert error.get_attribute("data-status") == "400"
-    assert error.text.startswith("The server could not read this file as an image.")
     assert error.get_attribute("role") == "alert"
+    assert error.get_attribute("data-status") == status
+    assert error.text.startswith(says), error.text
 
 
 def test_axe_finds_no_serious_or_critical_violations(page, photo) -> None:
