@@ -4,6 +4,7 @@ loopback (benchmarks.demo_page.OFFLINE_FLAGS). Skips only when no browser can st
 
 from __future__ import annotations
 
+import base64
 import inspect
 import os
 import re
@@ -144,6 +145,28 @@ def test_ranked_tags_are_the_apis_answer(page, live, photo) -> None:
     cost = page.find_element("id", "cost").text
     assert "total (ms)" in cost and "GFLOPs total" in cost
     assert _resources_elsewhere(page) == []
+
+
+def test_a_dropped_photo_is_tagged_like_a_picked_one(page, photo) -> None:
+    picked = _shown(tag_on_page(page, photo, LABELS))
+    page.get(page.current_url)
+    wait_for(page, lambda d: len(d.find_elements("css selector", "#vocabulary option")) > 1)
+    page.find_element("id", "labels").clear()
+    page.find_element("id", "labels").send_keys(", ".join(LABELS))
+    # what a drag from the file manager delivers: a drop event whose DataTransfer holds the file
+    page.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], arguments[1], {type: 'image/jpeg'}));
+        document.getElementById('drop').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        """, base64.b64encode(photo.read_bytes()).decode(), photo.name)
+    assert page.find_element("id", "photo").is_displayed()
+    page.find_element("id", "submit").click()
+    wait_for(page, lambda d: d.find_elements("css selector", "#tags .tag")
+             or d.find_element("id", "error").is_displayed())
+    dropped = _shown(page.find_elements("css selector", "#tags .tag"))
+    assert dropped == picked
 
 
 def test_the_threshold_slider_hides_the_less_probable_tags(page, photo) -> None:
