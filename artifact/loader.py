@@ -22,6 +22,8 @@ from artifact.manifest import Manifest
 # Graph I/O names fixed by the artifact contract.
 VISUAL_INPUT, VISUAL_OUTPUT = "image", "groups"
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "embedding"
+# the relevance-map graph (`visual_explain*.onnx`, optional): `image` -> `groups` plus these
+EXPLAIN_OUTPUTS = ("positions", "evidence")  # [N,G,P,D], [N,G,D]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ def load_artifact(path: str | Path) -> Artifact:
     for role in ("visual", "text", "tokenizer"):
         if not artifact.file(role).is_file():
             raise ArtifactError(path, f"{artifact.file(role).name} ({role}) is missing")
+    for variant, name in (manifest.explain.files if manifest.explain else {}).items():
+        if not (path / name).is_file():
+            raise ArtifactError(path, f"{name} (relevance maps, {variant}) is missing")
     return artifact
 
 
@@ -75,19 +80,25 @@ Port = tuple[tuple[int | str | None, ...], str]
 
 
 def check_signature(
-    artifact: Artifact, role: Literal["visual", "text"],
-    inputs: dict[str, Port], outputs: dict[str, Port],
+    artifact: Artifact, role: Literal["visual", "text", "explain"],
+    inputs: dict[str, Port], outputs: dict[str, Port], fname: str | None = None,
 ) -> None:
-    """Raise ArtifactError when a graph's inputs/outputs disagree with the contract/manifest."""
+    """Raise ArtifactError when a graph's inputs/outputs disagree with the contract/manifest
+    (`explain`: a relevance-map graph, the file `fname`)."""
     m = artifact.manifest
     size = artifact.preprocessing.size
-    if role == "visual":
-        expect_in = {VISUAL_INPUT: ((None, 3, size, size), "float32")}
-        expect_out = {VISUAL_OUTPUT: ((None, m.groups, m.dim), "float32")}
-    else:
+    if role == "text":
         expect_in = {name: ((None, None), "int64") for name in TEXT_INPUTS}
         expect_out = {TEXT_OUTPUT: ((None, m.dim), "float32")}
-    fname = artifact.file(role).name
+    else:
+        expect_in = {VISUAL_INPUT: ((None, 3, size, size), "float32")}
+        expect_out = {VISUAL_OUTPUT: ((None, m.groups, m.dim), "float32")}
+    if role == "explain" and m.explain is not None:
+        grid = m.explain.rows * m.explain.cols
+        positions, evidence = EXPLAIN_OUTPUTS
+        expect_out |= {positions: ((None, m.groups, grid, m.dim), "float32"),
+                       evidence: ((None, m.groups, m.dim), "float32")}
+    fname = fname or artifact.file(role).name  # type: ignore[arg-type]
     for kind, expected, actual in (("input", expect_in, inputs), ("output", expect_out, outputs)):
         for name, (shape, dtype) in expected.items():
             if name not in actual:

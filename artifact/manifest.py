@@ -172,6 +172,19 @@ class Variant(_Open):
     speed_cpu_1_thread: dict[str, Any] | None = None
 
 
+class ExplainSpec(_Open):
+    """The optional relevance-map graphs: per precision variant a second visual graph,
+    `image` -> `groups` [N,G,D], `positions` [N,G,rows·cols,D], `evidence` [N,G,D] (README
+    "Relevance maps"); an artifact without them answers `explain` with 422."""
+
+    files: dict[str, str] = Field(description="precision variant (fp32, fp16, int8) -> file")
+    rows: int = Field(gt=0, description="grid rows of a map")
+    cols: int = Field(gt=0, description="grid columns of a map")
+    gflops_image: float = Field(ge=0, description="GFLOPs of one image through the fp32 graph")
+    gflops_per_map: float = Field(ge=0, description="GFLOPs of one tag's map from its outputs")
+    definition: str = ""
+
+
 class Manifest(_Open):
     """`manifest.json` of an artifact."""
 
@@ -193,6 +206,7 @@ class Manifest(_Open):
     accuracy: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, Variant] | None = None
+    explain: ExplainSpec | None = None
     export_seconds: float | None = None
     export_graph_seconds: float | None = None
 

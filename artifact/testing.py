@@ -2,7 +2,8 @@
 
 `write_tiny_artifact(dir)` builds `visual.onnx` (4x4 average pool + MatMul -> [N,G,D]),
 `text.onnx` (token embedding, masked mean, L2 norm -> [N,D]), a small BERT-style WordPiece
-`tokenizer.json` and a consistent `manifest.json`. Needs the `onnx` package (tests only).
+`tokenizer.json`, a relevance-map graph `visual_explain.onnx` (unless `explain=False`) and a
+consistent `manifest.json`. Needs the `onnx` package (tests only).
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ def _tokenizer(path: Path) -> int:
     return len(vocab)
 
 
-def _visual(path: Path, size: int, groups: int, dim: int, seed: int) -> None:
+def _visual(path: Path, size: int, groups: int, dim: int, seed: int,
+            explain: bool = False) -> None:
+    """The tiny visual graph; with `explain`, its relevance-map twin: the same `groups`, and
+    as `positions` each of the 4x4 cells' share of the projection (they sum, with the bias as
+    `evidence`, to the value before the tanh: a stand-in with the real graph's outputs)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -61,13 +66,34 @@ def _visual(path: Path, size: int, groups: int, dim: int, seed: int) -> None:
         helper.make_node("Tanh", ["biased"], ["act"]),
         helper.make_node("Reshape", ["act", "shape"], ["groups"]),
     ]
+    outputs = [helper.make_tensor_value_info("groups", TensorProto.FLOAT, ["N", groups, dim])]
+    constants = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "bias"),
+                 numpy_helper.from_array(np.array([-1, groups, dim], np.int64), "shape")]
+    if explain:
+        nodes += [
+            helper.make_node("Reshape", ["pooled", "cells_shape"], ["cells"]),  # [N,3,16,1]
+            helper.make_node("Mul", ["cells", "W_cells"], ["shares"]),  # [N,3,16,G·D]
+            helper.make_node("ReduceSum", ["shares", "axis1"], ["per_cell"], keepdims=0),
+            helper.make_node("Reshape", ["per_cell", "grid_shape"], ["grid"]),  # [N,16,G,D]
+            helper.make_node("Transpose", ["grid"], ["positions"], perm=[0, 2, 1, 3]),
+            helper.make_node("Mul", ["groups", "zero"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "bias_groups"], ["evidence"]),
+        ]
+        outputs += [
+            helper.make_tensor_value_info("positions", TensorProto.FLOAT,
+                                          ["N", groups, 16, dim]),
+            helper.make_tensor_value_info("evidence", TensorProto.FLOAT, ["N", groups, dim])]
+        constants += [
+            numpy_helper.from_array(np.array([-1, 3, 16, 1], np.int64), "cells_shape"),
+            numpy_helper.from_array(weight.reshape(3, 16, groups * dim), "W_cells"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array([-1, 16, groups, dim], np.int64), "grid_shape"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(bias.reshape(groups, dim), "bias_groups")]
     graph = helper.make_graph(
         nodes, "tiny_visual",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("groups", TensorProto.FLOAT, ["N", groups, dim])],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "bias"),
-         numpy_helper.from_array(np.array([-1, groups, dim], np.int64), "shape")],
-    )
+        outputs, constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -111,13 +137,16 @@ def _text(path: Path, vocab_size: int, dim: int, seed: int) -> None:
 
 def write_tiny_artifact(
     out: str | Path, *, size: int = 32, groups: int = 3, dim: int = 16, max_tokens: int = 16,
-    seed: int = 0,
+    seed: int = 0, explain: bool = True,
 ) -> Path:
-    """Write a complete tiny artifact to `out` and return the directory."""
+    """Write a complete tiny artifact to `out` and return the directory (`explain=False`:
+    without the relevance-map graph, as a model exported without maps)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab_size = _tokenizer(out / "tokenizer.json")
     _visual(out / "visual.onnx", size, groups, dim, seed)
+    if explain:
+        _visual(out / "visual_explain.onnx", size, groups, dim, seed, explain=True)
     _text(out / "text.onnx", vocab_size, dim, seed + 1)
     from artifact.manifest import Manifest, PreprocessingSpec
 
@@ -136,6 +165,11 @@ def write_tiny_artifact(
         "calibration": {"kind": "logistic", "a": 8.0, "b": -2.0},
         "accuracy": {},
         "provenance": {"generator": "artifact.testing.write_tiny_artifact", "seed": seed},
+        "explain": {"files": {"fp32": "visual_explain.onnx"}, "rows": 4, "cols": 4,
+                    "gflops_image": round((3 * size * size + 2 * 48 * groups * dim) / 1e9, 9),
+                    "gflops_per_map": 2 * 16 * dim / 1e9,
+                    "definition": "tiny stand-in: each cell's share of the projection"}
+        if explain else None,
     }
     (out / "manifest.json").write_text(Manifest.model_validate(manifest).to_json())
     return out

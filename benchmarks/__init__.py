@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                           "probes, ceilings, scene factors"),
     "screenshot": ("benchmarks.demo_page", "the demo page in headless Chromium, in use on a "
                                            "scikit-image sample photo (docs/demo.png)"),
+    "explain": ("benchmarks.explain", "relevance maps: the pointing game on VOC (seen and unseen "
+                                      "labels, against the centre) and their serving cost"),
     "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "
                                                   "compares against"),
 }

@@ -23,7 +23,7 @@ The served systems are driven from a separate process on loopback (`run_loadgen`
 
     python -m benchmarks.loadgen --protocol rest|grpc|triton --target URL --duration S \\
         --max-requests N (--concurrency C | --rate R [--arrivals poisson] [--seed 0]
-        [--max-in-flight 256] [--drain-timeout 60]) [--labels 20]
+        [--max-in-flight 256] [--drain-timeout 60]) [--labels 20] [--field NAME=VALUE ...]
 
 sends pre-encoded requests (raw-socket HTTP/1.1 keep-alive for rest / triton, grpc.aio for
 grpc) and prints the summary as one JSON line.
@@ -329,13 +329,15 @@ def _http_outcome(status: int) -> str:
     return OK if status == 200 else REJECTED if status == 429 else ERROR
 
 
-def rest_request(target: str, image: bytes, names: list[str]) -> bytes:
-    """The service's (and the naive server's) multipart POST /v1/tag, encoded once."""
+def rest_request(target: str, image: bytes, names: list[str],
+                 fields: dict[str, str] | None = None) -> bytes:
+    """The service's (and the naive server's) multipart POST /v1/tag, encoded once (`fields`:
+    more form fields, e.g. explain)."""
     import httpx
 
     host = target.removeprefix("http://")
     body = httpx.Request("POST", target, files={"image": ("i.jpg", image)},
-                         data={"labels_json": json.dumps(names)})
+                         data={"labels_json": json.dumps(names), **(fields or {})})
     payload = body.read()
     return (f"POST /v1/tag HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
             f"{body.headers['content-type']}\r\nContent-Length: {len(payload)}\r\n\r\n"
@@ -358,12 +360,14 @@ def triton_request(host: str, image: bytes) -> bytes:
 
 
 async def sender(protocol: str, target: str, names: list[str], pictures: list[bytes],
-                 connections: int = 0) -> tuple[Send, Callable[[], Awaitable[None]]]:
+                 connections: int = 0, fields: dict[str, str] | None = None
+                 ) -> tuple[Send, Callable[[], Awaitable[None]]]:
     """`send(k)` sending picture k (mod their count) to `target`, and its `close()`.
-    rest / triton: `connections` keep-alive connections opened up front."""
+    rest / triton: `connections` keep-alive connections opened up front; rest: `fields`,
+    more form fields."""
     if protocol in ("rest", "triton"):
         host, port = target.removeprefix("http://").split(":")
-        requests = [rest_request(target, p, names) if protocol == "rest"
+        requests = [rest_request(target, p, names, fields) if protocol == "rest"
                     else triton_request(host, p) for p in pictures]
         pool = HttpConnections(host, int(port))
         await pool.open(connections)
@@ -411,19 +415,23 @@ async def sender(protocol: str, target: str, names: list[str], pictures: list[by
                      f"{protocol!r}")
 
 
-async def _generate(protocol: str, target: str, load: Load, n_labels: int) -> dict:
+async def _generate(protocol: str, target: str, load: Load, n_labels: int,
+                    fields: dict[str, str] | None = None) -> dict:
     send, close = await sender(protocol, target, labels(n_labels), images(),
-                               connections=load.concurrency or 0)
+                               connections=load.concurrency or 0, fields=fields)
     try:
         return await drive(send, load)
     finally:
         await close()
 
 
-def run_loadgen(protocol: str, target: str, load: Load, n_labels: int = 20) -> dict:
-    """One point of `load` from a separate load-generator process; its summary."""
+def run_loadgen(protocol: str, target: str, load: Load, n_labels: int = 20,
+                fields: dict[str, str] | None = None) -> dict:
+    """One point of `load` from a separate load-generator process; its summary (`fields`:
+    more REST form fields)."""
     command = [sys.executable, "-m", "benchmarks.loadgen", "--protocol", protocol,
-               "--target", target, "--labels", str(n_labels), *load.argv()]
+               "--target", target, "--labels", str(n_labels), *load.argv(),
+               *(f"--field={k}={v}" for k, v in (fields or {}).items())]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                           timeout=load.timeout())
     if done.returncode != 0:
@@ -446,11 +454,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--drain-timeout", type=float, default=60.0)
+    parser.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
+                        help="rest: one more form field (repeatable), e.g. explain=true")
     args = parser.parse_args(argv)
     load = Load(args.duration, args.max_requests, concurrency=args.concurrency, rate=args.rate,
                 arrivals=args.arrivals, seed=args.seed, max_in_flight=args.max_in_flight,
                 drain_timeout=args.drain_timeout)
-    print(json.dumps(asyncio.run(_generate(args.protocol, args.target, load, args.labels))))
+    fields = dict(field.split("=", 1) for field in args.field)
+    print(json.dumps(asyncio.run(_generate(args.protocol, args.target, load, args.labels,
+                                           fields))))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 `models/weights/MODEL_CARD.md` and `README.md` from the result JSON it names (`accuracy`:
 `benchmarks/results/accuracy.json`, the table `ml2p eval` writes; `selection`:
 `benchmarks/results/selection.json`, `ml2p bench select`; `paper`: a summary of
-`benchmarks/results/paper_comparison.json`, `ml2p bench paper`); `ml2p card --check` fails
+`benchmarks/results/paper_comparison.json`, `ml2p bench paper`; `explain`: the relevance maps'
+pointing game, `benchmarks/results/explain.json`, `ml2p bench explain`); `ml2p card --check` fails
 when a document is out of date, which a test runs. Prose around the markers stays
 hand-written. The card must hold every section; the README holds the ones it quotes.
 """
@@ -23,7 +24,8 @@ CARD = REPO / "models" / "weights" / "MODEL_CARD.md"
 README = REPO / "README.md"
 SOURCES = {"accuracy": REPO / "benchmarks" / "results" / "accuracy.json",
            "selection": REPO / "benchmarks" / "results" / "selection.json",
-           "paper": REPO / "benchmarks" / "results" / "paper_comparison.json"}
+           "paper": REPO / "benchmarks" / "results" / "paper_comparison.json",
+           "explain": REPO / "benchmarks" / "results" / "explain.json"}
 REGIME_COLUMNS = {"visual": "(a) visual features only",
                   "imagenet-strict": "(b) ImageNet evidence, strict",
                   "imagenet-all": "(b) ImageNet evidence, all classes"}
@@ -73,7 +75,39 @@ def paper_summary(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDER = {"accuracy": markdown_table, "selection": selection_table, "paper": paper_summary}
+POINTING_ROWS = ("seen", "unseen", "seen less prior", "unseen less prior")
+
+
+def pointing_table(game: dict) -> str:
+    """The pointing game's table (`ml2p bench explain`'s `pointing_game`): per map graph and
+    label set, accuracy, the centre baseline and their paired difference, 95 % intervals."""
+    lines = ["| map graph | labels | pairs | pointing accuracy [95 % CI] | centre baseline "
+             "| difference [95 % CI] |", "|---|---|---:|---:|---:|---:|"]
+    for precision, result in game["precisions"].items():
+        for kind in POINTING_ROWS:
+            r = result[kind]
+            lines.append(
+                f"| {precision} | {kind} | {r['pairs']} | {r['accuracy']:.3f} "
+                f"[{r['accuracy_ci95'][0]:.3f}, {r['accuracy_ci95'][1]:.3f}] | "
+                f"{r['centre']:.3f} | {r['difference']:+.3f} [{r['difference_ci95'][0]:+.3f}, "
+                f"{r['difference_ci95'][1]:+.3f}] |")
+    return "\n".join(lines)
+
+
+def pointing_summary(report: dict) -> str:
+    """The pointing game of `ml2p bench explain`, for the card and the README."""
+    game = report["pointing_game"]
+    return "\n".join([
+        "# Relevance maps: the pointing game", "",
+        f"Command: `{report['command']}` ({report['created']}); {game['dataset']}, grid "
+        f"{game['grid'][0]}×{game['grid'][1]}. {game['rule']}. Unseen labels: "
+        f"{', '.join(game['unseen_labels'])}. Intervals: {game['resamples']} bootstrap "
+        f"resamples of the images. Diagnostic rows: {game['diagnostic']}. Cost and goals: "
+        "`benchmarks/results/explain.md`.", "", pointing_table(game)]) + "\n"
+
+
+RENDER = {"accuracy": markdown_table, "selection": selection_table, "paper": paper_summary,
+          "explain": pointing_summary}
 
 
 def _demote(markdown: str, levels: int = 2) -> str:

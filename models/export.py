@@ -12,6 +12,10 @@
 - `tagger.pt`: the checkpoint itself (head + label transform, a few MB) for the torch engine;
 - optional `visual.fp16.onnx` (fp16 weights and compute, float32 I/O) and `visual.int8.onnx`
   (static QDQ int8, calibrated on real images), each with top-5 agreement and speed;
+- `visual_explain.onnx` (and its fp16 / int8 twins) when the head has relevance maps: `image` →
+  `groups`, `positions` [N,G,P,D], `evidence` [N,G,D] (`ML2PHead.relevance_terms`), a second
+  graph so that the default one stays byte-identical and pays nothing; the manifest's
+  `explain` section names them;
 - `manifest.json`, built through the schema `artifact.manifest.Manifest`; GFLOPs counted from
   the graphs by `models.flops.count_flops` (the convention of `artifact.gflops`).
 """
@@ -22,6 +26,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -32,9 +37,17 @@ import numpy as np
 
 from artifact.gflops import CONVENTION as FLOPS_CONVENTION
 from artifact.imaging import Preprocessing, load_and_preprocess
-from artifact.loader import TEXT_INPUTS, TEXT_OUTPUT, VISUAL_INPUT, VISUAL_OUTPUT, load_artifact
+from artifact.loader import (
+    EXPLAIN_OUTPUTS,
+    TEXT_INPUTS,
+    TEXT_OUTPUT,
+    VISUAL_INPUT,
+    VISUAL_OUTPUT,
+    load_artifact,
+)
 from artifact.manifest import (
     Calibration,
+    ExplainSpec,
     GflopsSpec,
     Manifest,
     PreprocessingSpec,
@@ -53,6 +66,13 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 OPSET = 17
+EXPLAIN_FILE = "visual_explain.onnx"
+EXPLAIN_DEFINITION = (
+    "values[n] = the score grid position n would give the tag through the head's own path "
+    "(its per-position features in place of the max-pooled ones, through the sigmoid, with "
+    "the pooled pass's group-attention matrix, normalisation and best group held fixed), "
+    "without the ImageNet-evidence term, which has no position and is `evidence`; so the "
+    "pooled features' value + evidence = the score")
 VARIANT_NOTES = {
     "fp32": "float32 (reference)",
     "fp16": "float16 weights and compute, float32 I/O",
@@ -90,8 +110,10 @@ def _optimize(model):  # noqa: ANN001, ANN202 - onnx.ModelProto
     return folded
 
 
-def export_visual(tagger, path: str | Path, opset: int = OPSET) -> Path:  # noqa: ANN001
-    """Backbone + head → `visual.onnx` (`image` → `groups`), dynamic batch axis."""
+def export_visual(tagger, path: str | Path, opset: int = OPSET,  # noqa: ANN001
+                  explain: bool = False) -> Path:
+    """Backbone + head → `visual.onnx` (`image` → `groups`), dynamic batch axis; with
+    `explain`, the relevance-map graph (`image` → `groups`, `positions`, `evidence`)."""
     import onnx
     import torch
 
@@ -99,12 +121,13 @@ def export_visual(tagger, path: str | Path, opset: int = OPSET) -> Path:  # noqa
 
     path = Path(path)
     size = int(tagger.config.get("input_size", 224))
-    module = VisualModule(tagger).eval()
+    module = VisualModule(tagger, explain=explain).eval()
     example = torch.randn(2, 3, size, size)
+    outputs = [VISUAL_OUTPUT, *(EXPLAIN_OUTPUTS if explain else ())]
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[VISUAL_INPUT], output_names=[VISUAL_OUTPUT],
-                          dynamic_axes={VISUAL_INPUT: {0: "N"}, VISUAL_OUTPUT: {0: "N"}},
+                          input_names=[VISUAL_INPUT], output_names=outputs,
+                          dynamic_axes={name: {0: "N"} for name in [VISUAL_INPUT, *outputs]},
                           do_constant_folding=True)
     onnx.save(_optimize(onnx.load(str(path))), str(path))
     return path
@@ -311,6 +334,42 @@ def make_int8(src: Path, dst: Path, ranges_file: str | Path | None,
                      "calibration": {"images": len(calibration_images), "split": "given"}})
 
 
+def make_variant(variant: str, src: Path, dst: Path, int8_ranges: str | Path | None,
+                 calibration_images: np.ndarray | None) -> str:
+    """The `variant` (fp16, int8) of the fp32 graph `src` at `dst`; returns its description."""
+    if variant == "fp16":
+        make_fp16(src, dst)
+        return VARIANT_NOTES["fp16"]
+    if variant == "int8":
+        return make_int8(src, dst, int8_ranges, calibration_images)
+    raise ValueError(f"unknown variant {variant!r} (fp16, int8)")
+
+
+def explain_file(variant: str = "fp32") -> str:
+    """The relevance-map graph's file name for a precision variant."""
+    return EXPLAIN_FILE if variant == "fp32" else f"visual_explain.{variant}.onnx"
+
+
+def explain_spec(path: Path, size: int, dim: int) -> ExplainSpec:
+    """The manifest's `explain` section for the fp32 relevance-map graph at `path` (its
+    variants' files are added as they are built)."""
+    import onnx
+
+    from models.flops import count_flops
+
+    graph = onnx.load(str(path))
+    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+              for o in graph.graph.output}
+    positions = shapes[EXPLAIN_OUTPUTS[0]][2]
+    side = math.isqrt(positions)
+    if side * side != positions:
+        raise ValueError(f"{path.name}: {positions} positions do not form a square grid")
+    return ExplainSpec(
+        files={"fp32": path.name}, rows=side, cols=side,
+        gflops_image=count_flops(graph, {VISUAL_INPUT: (1, 3, size, size)}).gflops,
+        gflops_per_map=2 * positions * dim / 1e9, definition=EXPLAIN_DEFINITION)
+
+
 def session(path: str | Path, threads: int = 1):  # noqa: ANN201
     import onnxruntime as ort
 
@@ -436,6 +495,8 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
 
     with torch.no_grad():
         export_visual(tagger, out / "visual.onnx")
+        if tagger.explains:  # a second graph: the default one stays as it is, and as fast
+            export_visual(tagger, out / EXPLAIN_FILE, explain=True)
         export_text(tagger, out / "text.onnx", embedder)
     write_tokenizer(embedder.tokenizer_path, out / "tokenizer.json")
     t_graphs = time.perf_counter() - t_start
@@ -490,6 +551,7 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
                     "exporter": f"torch {torch.__version__} TorchScript exporter, onnx "
                                 f"{onnx.__version__}, opset {OPSET}"},
         variants={},
+        explain=explain_spec(out / EXPLAIN_FILE, size, dim) if tagger.explains else None,
     )
 
     # fp32 reference on real images, label set for agreement
@@ -506,12 +568,12 @@ def export_artifact(checkpoint_path, out_dir: str | Path, calibration_data=None,
     notes = dict(VARIANT_NOTES)
     for variant in variants:
         path = out / f"visual.{variant}.onnx"
-        if variant == "fp16":
-            make_fp16(out / "visual.onnx", path)
-        elif variant == "int8":
-            notes["int8"] = make_int8(out / "visual.onnx", path, int8_ranges, calibration_images)
-        else:
-            raise ValueError(f"unknown variant {variant!r} (fp16, int8)")
+        notes[variant] = make_variant(variant, out / "visual.onnx", path, int8_ranges,
+                                      calibration_images)
+        if manifest.explain is not None:  # the maps' graph in the same precision
+            make_variant(variant, out / EXPLAIN_FILE, out / explain_file(variant), int8_ranges,
+                         calibration_images)
+            manifest.explain.files[variant] = explain_file(variant)
         entries[variant] = (path.name, session(path))
     measured = (manifest.accuracy.get("variants") or {}).get("results", {})
     for variant, (fname, sess) in entries.items():

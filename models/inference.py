@@ -4,7 +4,8 @@ Imports only torch and numpy (plus `models`), so the GPU check can use it on a m
 torch but neither onnxruntime, tokenizers nor pydantic. `service/runtime/torch_engine.py` wraps
 these in the service's Engine interface.
 
-- `VisualRunner(tagger, device, fp16, cuda_graphs)`: float32 numpy [B,3,H,W] → float32 [B,G,D].
+- `VisualRunner(tagger, device, fp16, cuda_graphs)`: float32 numpy [B,3,H,W] → float32 [B,G,D];
+  `.explain(batch)` adds the relevance-map terms (`ML2PHead.relevance_terms`).
   fp16 runs the whole image side in half precision (outputs returned as float32). CUDA graphs
   capture one graph per batch size on first use (static input buffer, replayed afterwards).
 - `TextRunner(tagger, embedder_module, device)`: int64 ids/mask [N,T] → float32 [N,D] (MiniLM,
@@ -27,15 +28,22 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 class VisualModule(nn.Module):
-    """`image [N,3,H,W]` → `groups [N,G,D]`: backbone + head (what `visual.onnx` holds)."""
+    """`image [N,3,H,W]` → `groups [N,G,D]`: backbone + head (what `visual.onnx` holds); with
+    `explain`, → (`groups`, `positions [N,G,P,D]`, `evidence [N,G,D]`), the relevance-map
+    terms (what `visual_explain.onnx` holds)."""
 
-    def __init__(self, tagger: nn.Module) -> None:
+    def __init__(self, tagger: nn.Module, explain: bool = False) -> None:
         super().__init__()
         if tagger.backbone is None:
             tagger.attach_backbone()
+        if explain and not tagger.explains:
+            raise ValueError(f"the {tagger.config.get('head')!r} head has no relevance maps")
         self.tagger = tagger
+        self.explain = explain
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.explain:
+            return self.tagger.encode_images(image, explain=True)
         return self.tagger.encode_images(image)
 
 
@@ -59,6 +67,8 @@ class VisualRunner:
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.dtype = torch.float16 if self.fp16 else torch.float32
         self.module = VisualModule(tagger).eval().to(self.device, self.dtype)
+        self._explainer = (VisualModule(tagger, explain=True).eval().to(self.device, self.dtype)
+                           if tagger.explains else None)
         self._graphs: dict[tuple, tuple] = {}
         self._lock = threading.Lock()  # graph replay uses shared static buffers
 
@@ -70,6 +80,16 @@ class VisualRunner:
                 return self._replay(x)
         x = x.to(self.device, non_blocking=True).to(self.dtype)
         return self.module(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def explain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32 [B,3,H,W] → (groups [B,G,D], positions [B,G,P,D], evidence [B,G,D]), in
+        the runner's precision (no CUDA graphs: maps are asked for now and then)."""
+        if self._explainer is None:
+            raise ValueError("this model's head has no relevance maps")
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        outputs = self._explainer(x.to(self.device).to(self.dtype))
+        return tuple(t.float().cpu().numpy() for t in outputs)
 
     def _replay(self, x: torch.Tensor) -> np.ndarray:
         key = tuple(x.shape)

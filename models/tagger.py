@@ -105,18 +105,28 @@ class Tagger(nn.Module):
         return bool(getattr(self.head, "uses_imagenet_logits", False))
 
     def encode_from_taps(self, taps: tuple[torch.Tensor, ...],
-                         imagenet_logits: torch.Tensor | None = None) -> torch.Tensor:
+                         imagenet_logits: torch.Tensor | None = None, explain: bool = False
+                         ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if explain:  # the ML2P head's relevance-map terms (ML2PHead.relevance_terms)
+            return self.head(tuple(taps), imagenet_logits, explain=True)
         return self.head(tuple(taps), imagenet_logits)  # [B, G, D]
 
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] preprocessed images → head output (ML2P: [B, G, D])."""
+    @property
+    def explains(self) -> bool:
+        """Whether the head computes relevance maps (`encode_images(x, explain=True)`)."""
+        return hasattr(self.head, "relevance_terms")
+
+    def encode_images(self, x: torch.Tensor, explain: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """[B, 3, H, W] preprocessed images → head output (ML2P: [B, G, D]); with `explain`,
+        (S, positions, evidence) (`ML2PHead.relevance_terms`)."""
         backbone = self.backbone if self.backbone is not None else self.attach_backbone()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             if self.uses_imagenet_logits:
                 t8, t16, t32, logits = backbone.forward_all(x)
             else:
                 (t8, t16, t32), logits = backbone(x), None
-        return self.encode_from_taps((t8, t16, t32), logits)
+        return self.encode_from_taps((t8, t16, t32), logits, explain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_images(x)

@@ -45,6 +45,12 @@ class LabelTooLong(LabelError):
         self.index = index
 
 
+class ExplainUnavailable(InvalidRequest):
+    """`explain` asked of a model served without its relevance-map graph."""
+
+    code = "explain_unavailable"
+
+
 class InvalidImage(ServiceError):
     code, http_status, grpc_status = "invalid_image", 400, "INVALID_ARGUMENT"
 

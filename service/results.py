@@ -18,6 +18,8 @@ class ImageTimings(BaseModel):
     queue: float
     inference: float
     scoring: float
+    explain: float = Field(0.0, description="relevance maps from the explain graph's outputs "
+                                            "(0 without explain; the graph runs in inference)")
 
 
 class Timings(ImageTimings):
@@ -36,6 +38,8 @@ class Gflops(BaseModel):
     image: float
     labels: float = Field(description="label embeddings computed (cache misses only)")
     scoring: float
+    explain: float = Field(0.0, description="relevance maps: the explain graph's extra work "
+                                            "and each map's products")
     total: float
 
 
@@ -44,6 +48,7 @@ class ImageGflops(BaseModel):
 
     image: float
     scoring: float
+    explain: float = 0.0
 
 
 class ModelRef(BaseModel):

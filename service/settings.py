@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     max_labels: int = Field(1000, ge=1, description="labels per request (422)")
     max_label_chars: int = Field(200, ge=1, description="characters per label (422)")
     max_vocabulary_labels: int = Field(20000, ge=1, description="labels per vocabulary (422)")
+    explain_max_maps: int = Field(20, ge=1, description="relevance maps per request: "
+                                  "explain_top_k x images (422)")
 
     # --- label side -----------------------------------------------------------------------
     label_cache_size: int = Field(100_000, ge=0, description="cached label embeddings (LRU)")

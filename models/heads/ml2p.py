@@ -119,11 +119,15 @@ class GroupAttention(nn.Module):
         self.key = Mlp(dim, hidden)
         self.scale = hidden ** -0.5 if softmax else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, G, D] → the [B, G, G] matrix that mixes the G vectors."""
         att = self.query(x) @ self.key(x).transpose(-2, -1)  # [B, G, G]
         if self.scale is not None:
             att = (att * self.scale).softmax(dim=-1)
-        return att @ x  # [B, G, D]
+        return att
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weights(x) @ x  # [B, G, D]
 
 
 @register_head("ml2p")
@@ -200,7 +204,10 @@ class ML2PHead(nn.Module):
         self,
         taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         imagenet_logits: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        explain: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S [B, G, D]; with `explain`, (S, positions [B, G, N, D], evidence [B, G, D]) as
+        `relevance_terms` defines them."""
         x = torch.cat([t(f) for t, f in zip(self.transforms, taps, strict=True)], dim=1)
         x = channel_shuffle(self.embedding(x), self.groups)  # [B, G·D, h, w]
         b, _, h, w = x.shape
@@ -208,14 +215,51 @@ class ML2PHead(nn.Module):
             raise ValueError(f"ML2P head built for {self.tokens} positions, got a {h}×{w} grid; "
                              f"set input_size/tokens to match the image size")
         x = self.attention(x)  # [B, G, D, N]
-        x = self.mixer(x.transpose(-2, -1))  # [B, G, N, D]
-        x = torch.sigmoid(x.amax(dim=2))  # [B, G, D]
+        grid = self.mixer(x.transpose(-2, -1))  # [B, G, N, D]
+        x = torch.sigmoid(grid.amax(dim=2))  # [B, G, D]
+        evidence = None
         if self.uses_imagenet_logits:
-            x = x + evidence_vector(self, imagenet_logits).unsqueeze(1)  # [B, G, D]
+            evidence = evidence_vector(self, imagenet_logits).unsqueeze(1)  # [B, 1, D]
+            x = x + evidence  # [B, G, D]
+        if explain:
+            return self.relevance_terms(grid, x, evidence)
         x = self.group_attention(x)  # [B, G, D]
         if self.cosine_scale:
             x = F.normalize(x, dim=-1) * self.cosine_scale
         return x
+
+    def relevance_terms(self, grid: torch.Tensor, pooled: torch.Tensor,
+                        evidence: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The relevance map's terms (README "Relevance maps").
+
+        grid [B, G, N, D]: the mixer's output per position; pooled [B, G, D]: the pooled
+        pass's input to the group attention (sigmoid of the max, plus the evidence
+        [B, 1, D] when the head has it). Holding the pooled pass's group-attention matrix A
+        and normalisation n_g fixed, what reaches S_g is linear in its input:
+        S_g = n_g Σ_h A_gh (sigmoid(max_n grid_h) + e). Returns (S, positions, evidence):
+        positions[:, g, n] = n_g Σ_h A_gh sigmoid(grid_h,n), each position put in place of
+        the pooled features; evidence[:, g] = n_g Σ_h A_gh e, the part with no position.
+        So a tag's map at position n is ⟨positions[g*, n], w⟩ with g* the group that gives
+        it its score, and ⟨positions at the pooled features, w⟩ + ⟨evidence[g*], w⟩ is
+        the score itself.
+        """
+        att = self.group_attention.weights(pooled)  # [B, G, G]
+        mixed = att @ pooled  # [B, G, D], what forward's group attention returns
+        if self.cosine_scale:
+            out = F.normalize(mixed, dim=-1) * self.cosine_scale
+            scale = self.cosine_scale / mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        else:
+            out, scale = mixed, torch.ones_like(mixed[..., :1])  # [B, G, 1]
+        g, n, d = self.groups, self.tokens, self.dim  # static: the graph's output shape
+        # one MatMul over the flattened positions (what the GFLOPs convention counts)
+        positions = (att @ torch.sigmoid(grid).reshape(-1, g, n * d)).reshape(-1, g, n, d) \
+            * scale.unsqueeze(-1)  # [B, G, N, D]
+        if evidence is None:
+            share = torch.zeros_like(out)
+        else:
+            share = att.sum(dim=-1, keepdim=True) * evidence * scale  # [B, G, D]
+        return out, positions, share
 
     @staticmethod
     def score(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

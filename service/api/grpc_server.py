@@ -26,6 +26,7 @@ from service.api.common import bearer_token, check_api_key, request_id
 from service.api.vectors import DTYPES, read_vectors, vector_bytes
 from service.errors import InvalidRequest, QueueFull, ServiceError
 from service.pipeline import State, TaggingService, TagOptions, TagOutcome
+from service.pipeline.explain import Relevance
 from service.protos import load
 from service.results import VectorsRef
 
@@ -83,8 +84,17 @@ def _add_tagger(servicer: TaggerServicer, server: grpc.aio.Server) -> None:
 
 
 def _tags(tags: list) -> list[pb.Tag]:
-    return [pb.Tag(label=x.label, score=x.score, rank=x.rank, probability=x.probability)
+    return [pb.Tag(label=x.label, score=x.score, rank=x.rank, probability=x.probability,
+                   relevance=_relevance(x.relevance))
             for x in tags]
+
+
+def _relevance(relevance: Relevance | None) -> pb.RelevanceMap | None:
+    if relevance is None:
+        return None
+    return pb.RelevanceMap(rows=relevance.rows, cols=relevance.cols,
+                           values=relevance.values.tolist(), evidence=relevance.evidence,
+                           png=relevance.png or b"")
 
 
 def _warnings(outcome: TagOutcome) -> list[pb.LabelWarning]:
@@ -164,11 +174,17 @@ class TaggerServicer(pb_grpc.TaggerServicer):
             fields = request.DESCRIPTOR.fields_by_name
             return getattr(request, name) if name in fields and request.HasField(name) else None
 
+        def flag(name: str) -> bool:  # proto3 plain scalars: unset reads as false / 0
+            return name in request.DESCRIPTOR.fields_by_name and bool(getattr(request, name))
+
         remaining = context.time_remaining()
         return TagOptions(
             top_k=given("top_k"), min_probability=given("min_probability"),
             min_score=given("min_score"), threshold=given("threshold"),
-            timeout_s=remaining if remaining is not None and remaining > 0 else None)
+            timeout_s=remaining if remaining is not None and remaining > 0 else None,
+            explain=flag("explain"), explain_png=flag("explain_png"),
+            explain_top_k=(request.explain_top_k if flag("explain_top_k")
+                           else TagOptions.explain_top_k))
 
     async def _tag(self, request: pb.TagRequest, rid: str,
                    context: grpc.aio.ServicerContext) -> pb.TagResponse:

@@ -70,7 +70,7 @@ _TAG_ERRORS = {**_ERRORS, 404: {"model": ErrorBody, "description": "unknown voca
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "body_too_large", 415: "unsupported_media_type"}
 _FORM_OPTIONS = ("vocabulary", "top_k", "min_probability", "min_score", "threshold",
-                 "timeout_ms")
+                 "timeout_ms", "explain", "explain_top_k", "explain_png")
 
 
 # --- dependencies ------------------------------------------------------------------------
@@ -235,6 +235,9 @@ def _tag_body_doc(model: type, batch: bool) -> dict:
             "min_score": {"type": "number"},
             "threshold": {"type": "number", "deprecated": True},
             "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
+            "explain": {"type": "boolean", "default": False},
+            "explain_top_k": {"type": "integer", "minimum": 1, "default": 5},
+            "explain_png": {"type": "boolean", "default": False},
         },
     }
     return {"requestBody": {"required": True, "content": {
@@ -261,7 +264,8 @@ def _timeout_s(params: TagParams | EmbedParams) -> float | None:
 def _options(params: TagParams) -> TagOptions:
     return TagOptions(top_k=params.top_k, min_probability=params.min_probability,
                       min_score=params.min_score, threshold=params.threshold,
-                      timeout_s=_timeout_s(params))
+                      timeout_s=_timeout_s(params), explain=params.explain,
+                      explain_top_k=params.explain_top_k, explain_png=params.explain_png)
 
 
 def _json(model) -> Response:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.pipeline import TagOutcome
+from service.pipeline.explain import Relevance
 from service.pipeline.scoring import Tag
 from service.results import BatchTimings, Gflops, ImageTimings, ModelRef, Timings, VectorsRef
 
@@ -47,6 +49,13 @@ class TagParams(BaseModel):
     timeout_ms: float | None = Field(
         None, gt=0, allow_inf_nan=False,
         description="deadline for this request (capped by the server's)")
+    explain: bool = Field(False, description="add a relevance map to each of the first "
+                                             "`explain_top_k` tags (422 `explain_unavailable` "
+                                             "for a model exported without maps)")
+    explain_top_k: int = Field(5, ge=1, description="maps for this many tags of the answer, "
+                                                    "at most the server's explain_max_maps "
+                                                    "per request (422)")
+    explain_png: bool = Field(False, description="each map also as a grid-sized greyscale PNG")
 
 
 class TagJSONRequest(TagParams):
@@ -61,17 +70,41 @@ class BatchJSONRequest(TagParams):
     images: list[str] = Field(min_length=1, description="image files, base64")
 
 
+class RelevanceMap(BaseModel):
+    """Where in the image a tag's score comes from (README "Relevance maps")."""
+
+    rows: int = Field(description="grid rows")
+    cols: int = Field(description="grid columns")
+    values: list[float] = Field(description="rows·cols values, row-major from the top-left: "
+                                            "the score each grid position would give the tag, "
+                                            "in the units of `score`, without `evidence`")
+    evidence: float = Field(description="the ImageNet-evidence term's share of the score "
+                                        "(it has no position)")
+    png: str | None = Field(None, description="base64 of a rows×cols greyscale PNG of the map "
+                                              "(explain_png), its minimum black")
+
+    @classmethod
+    def of(cls, relevance: Relevance) -> RelevanceMap:
+        return cls.model_construct(
+            rows=relevance.rows, cols=relevance.cols, values=relevance.values.tolist(),
+            evidence=relevance.evidence,
+            png=None if relevance.png is None else base64.b64encode(relevance.png).decode())
+
+
 class TagOut(BaseModel):
     label: str = Field(description="the caller's label text exactly as sent")
     score: float = Field(description="max over the G principal vectors of <v_g, w_label>")
     probability: float | None = Field(None, description="calibrated probability, if available")
     rank: int = Field(ge=1, description="position in the ranking of all candidate labels")
+    relevance: RelevanceMap | None = Field(None, description="its map, with explain (the first "
+                                                             "explain_top_k tags)")
 
     @classmethod
     def of(cls, tag: Tag) -> TagOut:
         # built from the pipeline's typed values: no validation (a re-score can return 10⁵ tags)
-        return cls.model_construct(label=tag.label, score=tag.score,
-                                   probability=tag.probability, rank=tag.rank)
+        return cls.model_construct(
+            label=tag.label, score=tag.score, probability=tag.probability, rank=tag.rank,
+            relevance=None if tag.relevance is None else RelevanceMap.of(tag.relevance))
 
 
 class LabelWarningOut(BaseModel):

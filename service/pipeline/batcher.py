@@ -9,7 +9,9 @@ Policy (counted in images, not requests):
   while the engine is busy;
 - the queue is bounded (`max_queue_size` images): a submit that does not fit raises
   `QueueFull`; an image whose deadline passed before dispatch is dropped, not run;
-- inference runs on worker threads (`workers` batches at a time), never on the event loop.
+- inference runs on worker threads (`workers` batches at a time), never on the event loop;
+- images that asked for relevance maps run through `explain_run` instead of `run`: a batch
+  holds images of one kind only (the first queued image's; the others keep their place).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ from service.metrics import Metrics
 class BatchResult:
     """One image's engine output and how it got there."""
 
-    output: np.ndarray  # [G, D]
+    output: np.ndarray  # [G, D]; for an explained image, a tuple (`explain_run`'s outputs)
     batch_size: int
     queue_s: float
     inference_s: float
@@ -43,17 +45,20 @@ class _Item:
     future: asyncio.Future
     enqueued: float
     deadline: float
+    explain: bool = False
 
 
 class DynamicBatcher:
-    """Groups queued images into batches for `run(batch [B,...]) -> [B,...]`."""
+    """Groups queued images into batches for `run(batch [B,...]) -> [B,...]` (or, for images
+    submitted with `explain`, `explain_run(batch) -> per-image results`)."""
 
     def __init__(
         self, run: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
         max_queue_delay_s: float, max_queue_size: int, workers: int = 1,
         retry_after_s: int = 1, simulate_s: float = 0.0, metrics: Metrics | None = None,
+        explain_run: Callable[[np.ndarray], Sequence] | None = None,
     ) -> None:
-        self._run = run
+        self._runs = {False: run, True: explain_run}
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
@@ -72,8 +77,10 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
-    async def submit(self, arrays: list[np.ndarray], deadline: float) -> list[BatchResult]:
-        """Queue the images of one request; results in order. `deadline` is perf_counter()."""
+    async def submit(self, arrays: list[np.ndarray], deadline: float,
+                     explain: bool = False) -> list[BatchResult]:
+        """Queue the images of one request; results in order. `deadline` is perf_counter();
+        `explain`: through `explain_run`."""
         if self._refusal:
             raise Unavailable(self._refusal)
         if len(self._queue) + len(arrays) > self.max_queue_size:
@@ -82,7 +89,7 @@ class DynamicBatcher:
                 f"queued); retry after {self.retry_after_s}s", retry_after_s=self.retry_after_s)
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        items = [_Item(a, loop.create_future(), now, deadline) for a in arrays]
+        items = [_Item(a, loop.create_future(), now, deadline, explain) for a in arrays]
         self._queue.extend(items)
         self._set_depth()
         self._wake.set()
@@ -121,7 +128,9 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
+        """Up to a full batch of the first live image's kind, in queue order."""
         batch: list[_Item] = []
+        other: list[_Item] = []  # images of the other kind: they keep their place
         now = time.perf_counter()
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
@@ -131,7 +140,11 @@ class DynamicBatcher:
                 item.future.set_exception(
                     DeadlineExceeded("request deadline passed while the image was queued"))
                 continue
+            if batch and item.explain != batch[0].explain:
+                other.append(item)
+                continue
             batch.append(item)
+        self._queue.extendleft(reversed(other))
         self._set_depth()
         return batch
 
@@ -139,7 +152,7 @@ class DynamicBatcher:
         start = time.perf_counter()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._infer, [item.array for item in batch])
+                self._executor, self._infer, [item.array for item in batch], batch[0].explain)
         except Exception as exc:  # noqa: BLE001 - surfaced to every waiting request
             error = exc if isinstance(exc, ServiceError) else ServiceError(
                 f"inference failed: {type(exc).__name__}: {exc}")
@@ -164,11 +177,11 @@ class DynamicBatcher:
                 item.future.set_result(
                     BatchResult(output, len(batch), start - item.enqueued, took))
 
-    def _infer(self, arrays: list[np.ndarray]) -> np.ndarray:
+    def _infer(self, arrays: list[np.ndarray], explain: bool) -> Sequence:
         batch = np.stack(arrays)
         if self._simulate_s:
             time.sleep(self._simulate_s)
-        return self._run(batch)
+        return self._runs[explain](batch)
 
     def _set_depth(self) -> None:
         if self._metrics is not None:

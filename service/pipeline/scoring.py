@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifact.manifest import Calibration
+from service.pipeline.explain import Relevance
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class Tag:
     score: float
     rank: int
     probability: float | None = None
+    relevance: Relevance | None = None  # asked for with explain
 
 
 def score(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:

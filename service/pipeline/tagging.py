@@ -24,6 +24,7 @@ from artifact.loader import load_artifact
 from artifact.manifest import label_novelty
 from service.errors import (
     DeadlineExceeded,
+    ExplainUnavailable,
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
@@ -33,6 +34,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.pipeline.batcher import DynamicBatcher
+from service.pipeline.explain import grid_of, relevance
 from service.pipeline.labels import (
     CachedLabelEncoder,
     CleanLabels,
@@ -75,6 +77,9 @@ class TagOptions:
     min_score: float | None = None  # on the raw score
     threshold: float | None = None  # deprecated: min_probability (raw score if uncalibrated)
     timeout_s: float | None = None  # capped by settings.request_timeout_s
+    explain: bool = False  # relevance maps for the first explain_top_k tags of each image
+    explain_top_k: int = 5
+    explain_png: bool = False  # each map also as a grid-sized greyscale PNG
 
 
 @dataclass
@@ -105,11 +110,13 @@ class TagOutcome:
         return BatchTimings(labels=self.labels_ms, total=self.total_ms)
 
     def gflops(self) -> Gflops:
-        """The whole request's GFLOPs: every image, its scoring and the labels embedded."""
+        """The whole request's GFLOPs: every image, its scoring, its maps and the labels
+        embedded."""
         image = sum(r.gflops.image for r in self.results)
         scoring = sum(r.gflops.scoring for r in self.results)
-        return Gflops(image=image, labels=self.labels_gflops, scoring=scoring,
-                      total=image + scoring + self.labels_gflops)
+        explain = sum(r.gflops.explain for r in self.results)
+        return Gflops(image=image, labels=self.labels_gflops, scoring=scoring, explain=explain,
+                      total=image + scoring + explain + self.labels_gflops)
 
 
 @dataclass
@@ -174,7 +181,8 @@ class TaggingService:
             self.engine.encode_images, max_batch_size=s.max_batch_size,
             max_queue_delay_s=s.max_queue_delay_ms / 1000.0, max_queue_size=s.max_queue_size,
             workers=s.inference_workers, retry_after_s=s.retry_after_s,
-            simulate_s=s.inference_delay_ms / 1000.0, metrics=self.metrics)
+            simulate_s=s.inference_delay_ms / 1000.0, metrics=self.metrics,
+            explain_run=self._explain_batch)
         self.batcher.start()
         self.vocabularies.load()
         self._warmup_task = asyncio.get_running_loop().create_task(self._warmup())
@@ -370,12 +378,57 @@ class TaggingService:
             label_work = self._vocab_embeddings(vocab)
         return clean, asyncio.ensure_future(_timed(label_work)), cut_offs
 
-    async def _encode_images(self, images: list[bytes], deadline: float) -> tuple[list, list]:
-        """Decode, preprocess and batch the images: (prepared, batcher outputs)."""
+    async def _encode_images(self, images: list[bytes], deadline: float,
+                             explain: bool = False) -> tuple[list, list]:
+        """Decode, preprocess and batch the images: (prepared, batcher outputs); with
+        `explain` each output is (groups, positions, evidence) from the explain graph."""
         prepared = await asyncio.gather(*(self._prepare(data, i)
                                           for i, data in enumerate(images)))
         assert self.batcher is not None
-        return prepared, await self.batcher.submit([p[0] for p in prepared], deadline)
+        return prepared, await self.batcher.submit([p[0] for p in prepared], deadline, explain)
+
+    def _explain_batch(self, batch: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """The explain graph on a batch: per image (groups, positions, evidence)."""
+        return list(zip(*self.engine.encode_images_explained(batch), strict=True))
+
+    def _check_explain(self, options: TagOptions, images: int) -> None:
+        """422 unless the maps asked for can be given: the model has them, within the limit."""
+        if not options.explain:
+            return
+        if self.engine.explain_missing is not None:
+            raise ExplainUnavailable(self.engine.explain_missing, field="explain")
+        k, limit = options.explain_top_k, self.settings.explain_max_maps
+        if k < 1:
+            raise InvalidRequest("explain_top_k must be at least 1", field="explain_top_k")
+        if k * images > limit:
+            per = f" for each of {images} images" if images > 1 else ""
+            raise InvalidRequest(f"explain_top_k={k}{per} asks for {k * images} relevance maps, "
+                                 f"over the server's limit of {limit} per request "
+                                 f"(ML2P_EXPLAIN_MAX_MAPS)", field="explain_top_k")
+
+    def _explained(self, tag_lists: list[list[Tag]], outputs: list, matrix: np.ndarray,
+                   clean: CleanLabels, options: TagOptions
+                   ) -> tuple[list[list[Tag]], list[float], list[float]]:
+        """The first explain_top_k tags of each image with their maps; per image the seconds
+        and GFLOPs the maps took (the explain graph's extra work included)."""
+        index = {text: i for i, text in enumerate(clean.texts)}
+        m = self.manifest
+        explained, seconds, gflops = [], [], []
+        for tags, out in zip(tag_lists, outputs, strict=True):
+            start = time.perf_counter()
+            groups, positions, evidence = out.output
+            head = [replace(tag, relevance=relevance(groups, positions, evidence,
+                                                     matrix[index[tag.label]],
+                                                     options.explain_png))
+                    for tag in tags[:options.explain_top_k]]
+            explained.append(head + tags[options.explain_top_k:])
+            seconds.append(time.perf_counter() - start)
+            rows, cols = grid_of(positions)
+            per_map = 2.0 * rows * cols * m.dim / 1e9
+            graph = (m.explain.gflops_image - m.gflops.image if m.explain is not None
+                     else 2.0 * m.groups * m.groups * rows * cols * m.dim / 1e9)  # the mixing
+            gflops.append(graph + per_map * len(head))
+        return explained, seconds, gflops
 
     async def _ranked(self, groups: np.ndarray, matrix: np.ndarray, clean: CleanLabels,
                       options: TagOptions, cut_offs: tuple[float | None, float | None]
@@ -401,21 +454,31 @@ class TaggingService:
     async def _tag(self, images: list[bytes], labels: list[str] | None, vocabulary: str | None,
                    options: TagOptions, deadline: float) -> TagOutcome:
         self._check_images(images)
+        self._check_explain(options, len(images))
         clean, label_task, cut_offs = self._label_work(labels, vocabulary, options)
         try:
-            prepared, outputs = await self._encode_images(images, deadline)
+            prepared, outputs = await self._encode_images(images, deadline, options.explain)
             (matrix, misses), labels_s = await label_task
         finally:
             if not label_task.done():
                 label_task.cancel()
             elif not label_task.cancelled():
                 label_task.exception()  # retrieved: a label error after an image error
-        groups = np.stack([o.output for o in outputs])
+        groups = np.stack([o.output[0] if options.explain else o.output for o in outputs])
         tag_lists, scoring_s = await self._ranked(groups, matrix, clean, options, cut_offs)
         self._observe(labels=labels_s, scoring=scoring_s * len(images))
         m = self.manifest
         results = self._image_results(prepared, outputs, tag_lists, scoring_s,
                                       scoring_gflops(m.groups, m.dim, len(clean.texts)))
+        if options.explain:
+            tag_lists, seconds, gflops = self._explained(tag_lists, outputs, matrix, clean,
+                                                         options)
+            self._observe(explain=sum(seconds))
+            for result, tags, took, cost in zip(results, tag_lists, seconds, gflops,
+                                                strict=True):
+                result.tags = tags
+                result.timings_ms.explain = _ms(took)
+                result.gflops.explain = cost
         return self._outcome(results, clean, labels_s, misses)
 
     def _image_results(self, prepared: list, outputs: list, tag_lists: list[list[Tag]],
@@ -455,6 +518,9 @@ class TaggingService:
 
     async def _score(self, vectors: np.ndarray, model: VectorsRef, labels: list[str] | None,
                      vocabulary: str | None, options: TagOptions) -> TagOutcome:
+        if options.explain:
+            raise InvalidRequest("explain needs the image: stored vectors have no positions "
+                                 "(ask /v1/tag with explain=true)", field="explain")
         ours = self.vectors_ref
         if model != ours:
             raise VectorsMismatch(

@@ -11,7 +11,7 @@ import numpy as np
 from artifact.errors import TokenLimitExceeded
 from artifact.loader import Artifact, check_output
 from artifact.tokenizer import LabelTokenizer
-from service.errors import LabelTooLong
+from service.errors import ExplainUnavailable, LabelTooLong
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -41,6 +41,15 @@ class Engine(ABC):
     @abstractmethod
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         """float32 [B,3,H,W] -> float32 [B,G,D]."""
+
+    # why this engine has no relevance maps (None: it has them, `encode_images_explained`)
+    explain_missing: str | None = "this engine computes no relevance maps"
+
+    def encode_images_explained(self, batch: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32 [B,3,H,W] -> (groups [B,G,D], positions [B,G,P,D], evidence [B,G,D]):
+        the relevance-map terms (README "Relevance maps"), in the precision served."""
+        raise ExplainUnavailable(self.explain_missing or "no relevance maps", field="explain")
 
     @abstractmethod
     def _encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -73,6 +82,9 @@ class Engine(ABC):
         for batch in sizes:
             shape = self.encode_images(np.zeros((batch, 3, size, size), np.float32)).shape
             check_output(self.artifact, "visual", shape)
+        if self.explain_missing is None:
+            groups, _, _ = self.encode_images_explained(np.zeros((1, 3, size, size), np.float32))
+            check_output(self.artifact, "visual", groups.shape)
         check_output(self.artifact, "text", self.encode_labels(["warm up"]).shape)
 
     def describe(self) -> dict:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from artifact.errors import ArtifactError
 from artifact.loader import (
+    EXPLAIN_OUTPUTS,
     TEXT_INPUTS,
     TEXT_OUTPUT,
     VISUAL_INPUT,
@@ -42,7 +43,7 @@ _TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)
 def trt_profiles(artifact: Artifact, settings: Settings, role: str) -> dict[str, str]:
     """TensorRT optimisation profiles: every batch the batcher can form (1 .. max batch) for
     the visual graph, 1 .. a label chunk x the token limit for the text graph."""
-    if role == "visual":
+    if role in ("visual", "explain"):
         size = artifact.preprocessing.size
         shape = f"{VISUAL_INPUT}:{{}}x3x{size}x{size}"
         low, best, high = 1, settings.max_batch_size, settings.max_batch_size
@@ -105,6 +106,10 @@ class OnnxRuntimeEngine(Engine):
         self.visual = self._session(artifact, "visual", options,
                                     artifact.path / self.precision.file)
         self.text = self._session(artifact, "text", options)
+        self.explain_missing = self._explain_missing()
+        self.explainer = None if self.explain_missing else self._session(
+            artifact, "explain", options,
+            artifact.path / artifact.manifest.explain.files[self.precision.served])
         self._text_inputs = [i.name for i in self.text.get_inputs()]
 
     def _session(self, artifact: Artifact, role: str, options: ort.SessionOptions,
@@ -119,8 +124,28 @@ class OnnxRuntimeEngine(Engine):
                 artifact.path, f"{path.name} cannot be loaded by ONNX Runtime: {first_line}"
             ) from None
         check_signature(artifact, role, _ports(session.get_inputs()),  # type: ignore[arg-type]
-                        _ports(session.get_outputs()))
+                        _ports(session.get_outputs()), path.name)
         return session
+
+    def _explain_missing(self) -> str | None:
+        """Why the served precision has no relevance-map graph (None: it has one)."""
+        spec, served = self.artifact.manifest.explain, self.precision.served
+        if spec is None:
+            return (f"model {self.artifact.key} was exported without relevance maps (no "
+                    f"visual_explain graph), so it cannot explain; re-export it with "
+                    f"`ml2p export` for maps")
+        if served not in spec.files:
+            return (f"model {self.artifact.key} has no relevance-map graph for the {served} "
+                    f"precision it serves (it has: {', '.join(sorted(spec.files))})")
+        return None
+
+    def encode_images_explained(self, batch: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.explainer is None:
+            return super().encode_images_explained(batch)
+        groups, positions, evidence = self.explainer.run(
+            [VISUAL_OUTPUT, *EXPLAIN_OUTPUTS], {VISUAL_INPUT: batch})
+        return groups, positions, evidence
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         return self.visual.run([VISUAL_OUTPUT], {VISUAL_INPUT: batch})[0]

@@ -67,10 +67,19 @@ class TorchEngine(Engine):
             and self.device.type == "cuda"  # CPU half is slow/partial
         self.visual = VisualRunner(tagger, str(self.device), fp16=fp16, cuda_graphs=cuda_graphs)
         self.vectors_precision = "fp16" if fp16 else "fp32"
+        self.explain_missing = None if tagger.explains else (
+            f"model {artifact.key}'s {tagger.config.get('head')!r} head computes no relevance "
+            "maps")
         self.text = TextRunner(text_module_for(tagger), str(self.device))
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         return self.visual(batch)
+
+    def encode_images_explained(self, batch: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.explain_missing is not None:
+            return super().encode_images_explained(batch)
+        return self.visual.explain(batch)
 
     def _encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.text(input_ids, attention_mask)

@@ -74,6 +74,35 @@ def test_files_and_graph_io(artifact):
     onnx.checker.check_model(model, full_check=True)
 
 
+def test_relevance_map_graphs_match_the_module(artifact):
+    """The second graph, per precision: the plain graph's vectors plus the map terms, as the
+    torch module computes them; the manifest names the files and the grid."""
+    import onnxruntime as ort
+
+    from artifact.manifest import Manifest
+    from models.inference import VisualRunner
+
+    out, tagger, images = artifact
+    manifest = Manifest.model_validate_json((out / "manifest.json").read_text())
+    spec = manifest.explain
+    assert spec is not None and (spec.rows, spec.cols) == (7, 7)
+    assert spec.files == {"fp32": "visual_explain.onnx", "fp16": "visual_explain.fp16.onnx",
+                          "int8": "visual_explain.int8.onnx"}
+    assert spec.gflops_image > manifest.gflops.image  # the per-position terms cost something
+    torch_out = VisualRunner(tagger, "cpu").explain(images[:2])
+    plain = ort.InferenceSession(str(out / "visual.onnx"), providers=["CPUExecutionProvider"])
+    for variant, name in spec.files.items():
+        sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        assert [o.name for o in sess.get_outputs()] == ["groups", "positions", "evidence"]
+        got = sess.run(None, {"image": images[:2]})
+        assert got[1].shape == (2, 3, 49, 24) and got[2].shape == (2, 3, 24)
+        if variant == "fp32":
+            for ours, ref in zip(got, torch_out, strict=True):
+                np.testing.assert_allclose(ours, ref, atol=1e-4)
+            np.testing.assert_allclose(got[0], plain.run(None, {"image": images[:2]})[0],
+                                       atol=1e-5)
+
+
 def test_tokenizer_has_no_truncation(artifact):
     from tokenizers import Tokenizer
 

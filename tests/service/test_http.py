@@ -44,7 +44,7 @@ def test_tag_multipart_response_shape(http, png, manifest):
     has_calibration = manifest.get("calibration") is not None
     assert all((t["probability"] is not None) == has_calibration for t in body["tags"])
     assert set(body["timings_ms"]) == {"decode", "preprocess", "queue", "inference", "labels",
-                                       "scoring", "total"}
+                                       "scoring", "explain", "total"}
     assert body["batch_size"] >= 1
     g = body["gflops"]
     assert g["image"] == pytest.approx(manifest["gflops"]["image"])

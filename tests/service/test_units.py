@@ -144,6 +144,33 @@ def test_arrivals_while_busy_form_batches_up_to_the_maximum():
     assert [r[0].output[0] for r in results[1:]] == [2.0 * i for i in range(6)]  # order kept
 
 
+def test_explained_images_batch_apart_and_keep_their_order():
+    plain, explained = _SlowModel(0.1), _SlowModel(0.0)
+
+    def explain(batch: np.ndarray) -> list[tuple]:
+        return [(row, -row) for row in explained(batch)]
+
+    async def run():
+        batcher = _batcher(plain, explain_run=explain)
+        batcher.start()
+        deadline = time.perf_counter() + 5
+        first = asyncio.ensure_future(batcher.submit([np.zeros(2, np.float32)], deadline))
+        await asyncio.sleep(0.02)  # queued while the first batch runs: kinds interleaved
+        rest = [batcher.submit([np.full(2, i, np.float32)], deadline, explain=i % 2 == 1)
+                for i in range(5)]
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(run())
+    assert plain.sizes == [1, 3] and explained.sizes == [2]  # never a mixed batch
+    for i, (result,) in enumerate(results[1:]):
+        if i % 2:
+            assert [out[0] for out in result.output] == [2.0 * i, -2.0 * i]
+        else:
+            assert result.output[0] == 2.0 * i
+
+
 def test_timer_applies_only_while_another_batch_runs():
     model = _SlowModel(0.2)
 

@@ -12,6 +12,7 @@ from ml2p_client.models import (
     Embeddings,
     LabelWarning,
     ModelInfo,
+    RelevanceMap,
     Tag,
     TagResult,
     VectorsModel,
@@ -20,5 +21,5 @@ from ml2p_client.models import (
 from ml2p_client.retry import Retry
 
 __all__ = ["AsyncClient", "Client", "Embedding", "Embeddings", "LabelWarning", "ML2PError",
-           "ModelInfo", "Retry", "Tag", "TagResult", "VectorsModel", "Vocabulary",
+           "ModelInfo", "RelevanceMap", "Retry", "Tag", "TagResult", "VectorsModel", "Vocabulary",
            "image_bytes"]

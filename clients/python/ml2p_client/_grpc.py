@@ -15,6 +15,7 @@ from ml2p_client.models import (
     Embeddings,
     LabelWarning,
     ModelInfo,
+    RelevanceMap,
     Tag,
     TagResult,
     VectorsModel,
@@ -24,7 +25,14 @@ from ml2p_client.models import (
 
 def _tags(tags) -> list[Tag]:  # noqa: ANN001 - repeated pb.Tag
     return [Tag(label=t.label, score=t.score, rank=t.rank,
-                probability=t.probability if t.HasField("probability") else None) for t in tags]
+                probability=t.probability if t.HasField("probability") else None,
+                relevance=_relevance(t.relevance) if t.HasField("relevance") else None)
+            for t in tags]
+
+
+def _relevance(message) -> RelevanceMap:  # noqa: ANN001 - pb.RelevanceMap
+    return RelevanceMap(rows=message.rows, cols=message.cols, values=list(message.values),
+                        evidence=message.evidence, png=message.png or None)
 
 
 def _warnings(warnings) -> list[LabelWarning]:  # noqa: ANN001

@@ -14,6 +14,7 @@ from ml2p_client.models import (
     Embeddings,
     LabelWarning,
     ModelInfo,
+    RelevanceMap,
     Tag,
     TagResult,
     VectorsModel,
@@ -38,10 +39,19 @@ def multipart(fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> 
             "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"}}
 
 
+def _tag(tag: dict) -> Tag:
+    relevance = tag.get("relevance")
+    if relevance is None:
+        return Tag.model_construct(**tag)
+    png = relevance.get("png")
+    return Tag.model_construct(**{**tag, "relevance": RelevanceMap.model_construct(
+        **{**relevance, "png": base64.b64decode(png) if png else None})})
+
+
 def _result(body: dict, tags: list[dict], source: str | None = None) -> TagResult:
     model = body["model"]
     # the server's own schema: constructed without validation (a re-score returns 10⁵ tags)
-    return TagResult(tags=[Tag.model_construct(**t) for t in tags],
+    return TagResult(tags=[_tag(t) for t in tags],
                      model=f"{model['name']}@{model['version']}",
                      duplicates_removed=body.get("duplicates_removed", []),
                      warnings=[LabelWarning(**w) for w in body.get("warnings", [])],
@@ -89,7 +99,8 @@ class RestTransport:
 
     async def tag(self, image: bytes, labels: list[str] | None, vocabulary: str | None,
                   options: dict, timeout: float | None, source: str | None) -> TagResult:
-        fields = [(k, str(v)) for k, v in options.items() if v is not None]
+        fields = [(k, str(v).lower() if isinstance(v, bool) else str(v))
+                  for k, v in options.items() if v is not None]
         # one field per label, each exactly as given
         fields += [("labels", label) for label in labels or ()]
         if vocabulary is not None:

@@ -100,11 +100,17 @@ class AsyncClient:
     async def tag(self, image: ImageInput, labels: Sequence[str] | None = None, *,
                   vocabulary: str | None = None, top_k: int | None = None,
                   min_probability: float | None = None, min_score: float | None = None,
-                  timeout: float | None = None) -> TagResult:
-        """Rank `labels` (or a stored `vocabulary`) for one image."""
+                  timeout: float | None = None, explain: bool = False,
+                  explain_top_k: int | None = None, explain_png: bool = False) -> TagResult:
+        """Rank `labels` (or a stored `vocabulary`) for one image; `explain=True` adds a
+        relevance map (`Tag.relevance`) to each of the first `explain_top_k` tags (the
+        server's default: 5), `explain_png=True` a greyscale PNG of each."""
         data, source = image_bytes(image)
         labels = list(labels) if labels is not None else None
         options = _options(top_k, min_probability, min_score)
+        if explain:  # sent only when asked, so servers without maps see the request as before
+            options |= {"explain": True, "explain_top_k": explain_top_k,
+                        "explain_png": explain_png}
         return await self.retry.run(lambda: self._transport.tag(
             data, labels, vocabulary, options, timeout, source))
 

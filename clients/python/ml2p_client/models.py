@@ -8,11 +8,30 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+class RelevanceMap(BaseModel):
+    """Where in the image a tag's score comes from: `values` (rows·cols, row-major from the
+    top-left) are the score each grid position would give it, `evidence` the share of the
+    score with no position (the server's README, "Relevance maps")."""
+
+    rows: int
+    cols: int
+    values: list[float]
+    evidence: float
+    png: bytes | None = Field(None, description="a rows×cols greyscale PNG (explain_png)")
+
+    def array(self) -> Any:  # numpy.ndarray
+        """The map as a numpy array [rows, cols] (needs numpy)."""
+        import numpy as np
+
+        return np.asarray(self.values, np.float32).reshape(self.rows, self.cols)
+
+
 class Tag(BaseModel):
     label: str = Field(description="the label exactly as sent")
     score: float = Field(description="the model's raw score")
     probability: float | None = Field(None, description="calibrated, when the model has it")
     rank: int
+    relevance: RelevanceMap | None = Field(None, description="its map (explain=True)")
 
 
 class LabelWarning(BaseModel):

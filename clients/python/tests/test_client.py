@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from pathlib import Path
@@ -128,6 +129,26 @@ def test_api_key_is_required(server, photo):
         with Client(url, api_key="wrong") as client, pytest.raises(ML2PError) as info:
             client.tag(photo, ["dog"])
         assert info.value.code == "unauthenticated" and not info.value.retryable
+
+
+def test_relevance_maps(client, photo):
+    from PIL import Image
+
+    plain = client.tag(photo, LABELS)
+    assert all(t.relevance is None for t in plain.tags)
+    explained = client.tag(photo, LABELS, explain=True, explain_top_k=2, explain_png=True)
+    assert explained.top() == plain.top()
+    first, second, *rest = explained.tags
+    assert all(t.relevance is None for t in rest)
+    for tag in (first, second):
+        grid = tag.relevance.array()
+        assert grid.shape == (tag.relevance.rows, tag.relevance.cols) == (4, 4)  # tiny model
+        with Image.open(io.BytesIO(tag.relevance.png)) as image:
+            assert image.size == (4, 4) and image.mode == "L"
+    assert explained.gflops["explain"] > 0 and "explain" in explained.timings_ms
+    with pytest.raises(ML2PError) as info:
+        client.tag(photo, LABELS, explain=True, explain_top_k=1000)
+    assert info.value.field == "explain_top_k"
 
 
 def test_bad_requests_name_the_field(client, photo):
