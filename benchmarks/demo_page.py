@@ -92,13 +92,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/zoo/default", help="artifact dir")
     parser.add_argument("--out", type=Path, default=Path("docs/demo.png"))
     parser.add_argument("--width", type=int, default=1200)
-    parser.add_argument("--height", type=int, default=860)
+    parser.add_argument("--height", type=int, default=940)
 
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
-    from selenium.webdriver.common.action_chains import ActionChains
     from skimage import data
 
     from benchmarks import serve_bench, serve_compare
@@ -116,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
             if not tags:
                 raise SystemExit("the page showed no tags: "
                                  + driver.find_element("id", "error").text)
-            ActionChains(driver).move_to_element(tags[0]).perform()
+            # focus shows the map as hovering does, without scrolling the page's top away
+            driver.execute_script("arguments[0].focus({preventScroll: true});", tags[0])
             wait_for(driver, lambda d: d.find_element("id", "overlay").is_displayed())
             png = driver.get_screenshot_as_png()
         finally:

@@ -290,8 +290,8 @@ function showMap(tag, button) {
   canvas.hidden = false;
   const where = `row ${Math.floor(best / cols) + 1} of ${rows}, column ${best % cols + 1} of ${cols}`;
   // the evidence term has no position, so it is told apart rather than drawn
-  const evidence = `; ImageNet-evidence term ${map.evidence.toFixed(3)} of the score ` +
-    `${tag.score.toFixed(3)}`;
+  const evidence = `; the ImageNet-evidence term, which has no position, gives ` +
+    `${map.evidence.toFixed(3)} of the score ${tag.score.toFixed(3)}`;
   canvas.setAttribute("aria-label", `relevance map of "${tag.label}", strongest at ${where}`);
   caption.textContent = `"${tag.label}": strongest at ${where}${evidence}.`;
 }
