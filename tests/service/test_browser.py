@@ -15,6 +15,7 @@ import pytest
 from fastapi.openapi.docs import get_swagger_ui_html
 from server_harness import Server
 
+from artifact.testing import write_tiny_artifact
 from benchmarks.demo_page import NoBrowser, chromium, set_viewport, tag_on_page, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,9 +69,9 @@ def page(browser, live):
     return browser
 
 
-def _api_tags(live: Server, photo: Path, **fields: object) -> list[dict]:
+def _api_tags(server: Server, photo: Path, **fields: object) -> list[dict]:
     response = httpx.post(
-        f"{live.url}/v1/tag", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+        f"{server.url}/v1/tag", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
         files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
         data={"labels": LABELS, "top_k": "20", **{k: str(v) for k, v in fields.items()}})
     assert response.status_code == 200, response.text
@@ -242,6 +243,25 @@ def test_an_api_error_gets_a_clear_message(page, tmp_path, name, content, status
     assert error.get_attribute("role") == "alert"
     assert error.get_attribute("data-status") == status
     assert error.text.startswith(says), error.text
+
+
+def test_a_model_without_maps_still_tags_and_says_so(browser, photo, tmp_path_factory) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    work = tmp_path_factory.mktemp("no-maps")
+    srv = Server(write_tiny_artifact(work / "artifact", explain=False), work)
+    try:
+        browser.get(srv.wait_ready().url + "/")
+        tags = tag_on_page(browser, photo, LABELS)
+        assert [t["label"] for t in _shown(tags)] == [
+            t["label"] for t in _api_tags(srv, photo)]
+        status = browser.find_element("id", "status").text
+        assert status.startswith("No maps:") and "without relevance maps" in status, status
+        ActionChains(browser).move_to_element(tags[0]).perform()
+        assert not browser.find_element("id", "overlay").is_displayed()
+        assert browser.find_element("id", "map-caption").text.startswith("No map for")
+    finally:
+        srv.stop()
 
 
 def test_axe_finds_no_serious_or_critical_violations(page, photo) -> None:
