@@ -8,6 +8,7 @@ import base64
 import inspect
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,12 @@ def _api_tags(server: Server, photo: Path, **fields: object) -> list[dict]:
         data={"labels": LABELS, "top_k": "20", **{k: str(v) for k, v in fields.items()}})
     assert response.status_code == 200, response.text
     return response.json()["tags"]
+
+
+def _in_flight(server: Server) -> float:
+    """The server's `ml2p_requests_in_flight` gauge."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return float(re.search(r"^ml2p_requests_in_flight (\S+)$", text, re.M).group(1))
 
 
 def _shown(tags) -> list[dict]:  # noqa: ANN001 - Selenium elements
@@ -243,6 +250,26 @@ def test_an_api_error_gets_a_clear_message(page, tmp_path, name, content, status
     assert error.get_attribute("role") == "alert"
     assert error.get_attribute("data-status") == status
     assert error.text.startswith(says), error.text
+
+
+def test_a_busy_server_gets_a_clear_message(browser, photo, tmp_path_factory) -> None:
+    work = tmp_path_factory.mktemp("busy")
+    # one request admitted at a time, each image batch held 3 s: a request in flight from
+    # here leaves the page's request a 429
+    srv = Server(write_tiny_artifact(work / "artifact"), work, max_concurrent_requests=1,
+                 inference_delay_ms=3000, retry_after_s=2)
+    try:
+        browser.get(srv.wait_ready().url + "/")
+        with ThreadPoolExecutor(1) as pool:
+            holding = pool.submit(_api_tags, srv, photo)
+            wait_for(browser, lambda _: _in_flight(srv) >= 1)
+            assert tag_on_page(browser, photo, LABELS) == []
+            assert holding.result()  # the held request itself was answered
+        error = browser.find_element("id", "error")
+        assert error.get_attribute("data-status") == "429"
+        assert error.text.startswith("The server is busy.") and "Try again in 2 s." in error.text
+    finally:
+        srv.stop()
 
 
 def test_a_model_without_maps_still_tags_and_says_so(browser, photo, tmp_path_factory) -> None:
