@@ -234,6 +234,12 @@ def test_keyboard_alone_reaches_every_control_and_tags(page, photo) -> None:
              not in (before, None, ""))
 
 
+def test_tagging_without_an_image_says_what_is_missing(page) -> None:
+    page.find_element("id", "submit").click()
+    assert page.find_element("id", "error").text == "Choose an image first."
+    assert page.switch_to.active_element.get_attribute("id") == "file"
+
+
 @pytest.mark.parametrize(("name", "content", "status", "says"), [
     ("notes.txt", b"this is not a picture\n", "400",
      "The server could not read this file as an image."),

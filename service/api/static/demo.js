@@ -27,7 +27,7 @@ async function api(path, options = {}) {
   try {
     response = await fetch(path, { ...options, headers });
   } catch (err) {
-    throw new ApiError(0, { error: { code: "network", message: "could not reach the server" } },
+    throw new ApiError(0, { error: { code: "network", message: `(${err.message})` } },
                        new Headers());
   }
   let body = null;
@@ -57,11 +57,15 @@ function describe(err) {
   return text;
 }
 
-function showError(err) {
+function showProblem(text, status) {
   const box = $("error");
-  box.textContent = describe(err);
-  box.dataset.status = String(err.status);
+  box.textContent = text;
+  box.dataset.status = status;
   box.hidden = false;
+}
+
+function showError(err) {
+  showProblem(describe(err), String(err.status));
   if (err.status === 401) askForKey(err.message, state.retry);
 }
 
@@ -105,9 +109,11 @@ function pickFile(file) {
   state.file = file;
   $("photo").hidden = false;
   $("overlay").hidden = true;
+  const preview = $("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   // a non-image still goes to the server, which says why it cannot read it
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").alt = `the image being tagged: ${file.name}`;
+  preview.src = URL.createObjectURL(file);
+  preview.alt = `the image being tagged: ${file.name}`;
 }
 
 function setUpDrop() {
@@ -148,8 +154,7 @@ async function tagImage() {
   state.retry = tagImage;
   clearError();
   if (!state.file) {
-    showError(new ApiError(422, { error: { message: "choose an image first", field: "image" } },
-                           new Headers()));
+    showProblem("Choose an image first.", "");
     $("file").focus();
     return;
   }
