@@ -128,6 +128,8 @@ def test_the_page_asks_for_the_key_then_lists_the_vocabularies(browser, live) ->
     form = wait_for(browser, lambda d: d.find_element("id", "key-form").is_displayed()
                     and d.find_element("id", "key-form"))
     assert browser.find_element("id", "error").get_attribute("data-status") == "401"
+    assert browser.switch_to.active_element.get_attribute("id") == "key"
+    assert _serious_axe_violations(browser) == []
     browser.find_element("id", "key").send_keys(KEY)
     form.find_element("css selector", "button").click()
     wait_for(browser, lambda d: len(d.find_elements("css selector", "#vocabulary option")) > 1)
@@ -297,19 +299,31 @@ def test_a_model_without_maps_still_tags_and_says_so(browser, photo, tmp_path_fa
         srv.stop()
 
 
+def _serious_axe_violations(driver) -> list[dict]:  # noqa: ANN001
+    """axe-core's serious and critical violations on the page as it stands."""
+    driver.execute_script(AXE.read_text())
+    result = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        axe.run(document).then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact,
+            nodes: v.nodes.map(n => n.target.join(' '))}))), e => done(String(e)));""")
+    assert isinstance(result, list), result  # not an error string
+    return [v for v in result if v["impact"] in ("serious", "critical")]
+
+
 def test_axe_finds_no_serious_or_critical_violations(page, photo) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
     tags = tag_on_page(page, photo, LABELS)
     ActionChains(page).move_to_element(tags[0]).perform()
-    page.execute_script(AXE.read_text())
-    result = page.execute_async_script("""
-        const done = arguments[arguments.length - 1];
-        axe.run(document).then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact,
-            nodes: v.nodes.map(n => n.target.join(' '))}))), e => done(String(e)));""")
-    assert isinstance(result, list), result
-    bad = [v for v in result if v["impact"] in ("serious", "critical")]
-    assert bad == [], bad
+    assert page.find_element("id", "overlay").is_displayed()
+    assert _serious_axe_violations(page) == []
+    # and with an error shown
+    page.find_element("id", "maps").clear()
+    page.find_element("id", "maps").send_keys("999")  # over the server's limit of maps
+    tag_on_page(page, photo, LABELS)
+    assert page.find_element("id", "error").get_attribute("data-status") == "422"
+    assert "explain_top_k" in page.find_element("id", "error").text
+    assert _serious_axe_violations(page) == []
 
 
 def test_no_horizontal_scroll_on_a_phone(page, photo) -> None:
