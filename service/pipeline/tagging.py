@@ -673,6 +673,11 @@ class TaggingService:
             "label_embedder": m.label_embedder.model_dump(),
             "gflops": m.gflops.model_dump(exclude_none=True),
             "calibrated": m.calibration is not None,
+            "explain": {"available": self.engine.explain_missing is None,
+                        "reason": self.engine.explain_missing,
+                        "max_maps": self.settings.explain_max_maps,
+                        **({"rows": m.explain.rows, "cols": m.explain.cols}
+                           if m.explain is not None else {})},
             "accuracy": m.accuracy, "created": m.created,
             "vocabularies": self.vocabularies.names(),
         }

@@ -145,6 +145,14 @@ def test_grpc_limit(stub, png):
     assert trailer["error-field"] == "explain_top_k" and "20" in info.value.details()
 
 
+def test_models_say_whether_they_explain(http, no_maps):
+    info = http.get("/v1/models").json()["models"][0]["explain"]
+    assert info == {"available": True, "reason": None, "max_maps": 20, "rows": 4, "cols": 4}
+    other = httpx.get(f"{no_maps.url}/v1/models", timeout=30).json()["models"][0]["explain"]
+    assert other["available"] is False and "without relevance maps" in other["reason"]
+    assert other["max_maps"] == 4
+
+
 def test_a_model_without_maps_says_so(no_maps, png):
     with httpx.Client(base_url=no_maps.url, timeout=30) as http:
         response = tag_multipart(http, png, LABELS, explain="true")

@@ -6,6 +6,7 @@ REST and gRPC alike."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -102,3 +103,31 @@ def test_probabilities_follow_the_manifest_calibration(real: Server) -> None:
                                              np.array([novelty[t["label"]] for t in tags]))
         got = np.array([t["probability"] for t in tags])
         assert np.abs(got - expected).max() < 1e-5, (got, expected)
+
+
+def test_relevance_maps_of_the_shipped_model(real: Server) -> None:
+    """explain=true changes no score; maps come 7×7 for the first 5 tags, identical over REST
+    and gRPC, and their GFLOPs are the map graph's extra work plus each map's products."""
+    photo = _photos()[0]
+    with httpx.Client(base_url=real.url, timeout=60) as client:
+        plain = client.post("/v1/tag", files={"image": ("p.jpg", photo)},
+                            data={"labels": LABELS}).json()
+        body = client.post("/v1/tag", files={"image": ("p.jpg", photo)},
+                           data={"labels": LABELS, "explain": "true"}).json()
+        manifest = client.get("/v1/models").json()["models"][0]
+    assert [(t["label"], t["score"]) for t in body["tags"]] == \
+        [(t["label"], t["score"]) for t in plain["tags"]]
+    maps = [t["relevance"] for t in body["tags"][:5]]
+    assert all(t["relevance"] is None for t in body["tags"][5:])
+    for relevance in maps:
+        assert (relevance["rows"], relevance["cols"]) == (7, 7)
+        assert np.isfinite(relevance["values"]).all() and np.ptp(relevance["values"]) > 0
+    explain = json.loads((DEFAULT / "manifest.json").read_text())["explain"]
+    assert body["gflops"]["explain"] == pytest.approx(
+        explain["gflops_image"] - manifest["gflops"]["image"] + 5 * explain["gflops_per_map"])
+    with real.channel() as channel:
+        reply = pb_grpc.TaggerStub(channel).Tag(pb.TagRequest(image=photo, labels=LABELS,
+                                                              explain=True))
+    for tag, relevance in zip(reply.tags[:5], maps, strict=True):
+        np.testing.assert_allclose(tag.relevance.values, relevance["values"], atol=1e-5)
+        assert tag.relevance.evidence == pytest.approx(relevance["evidence"], abs=1e-5)
