@@ -66,7 +66,7 @@ def page(browser, live):
     browser.get(live.url + "/")
     browser.execute_script("sessionStorage.setItem('ml2p-api-key', arguments[0]);", KEY)
     browser.get(live.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements("css selector", "#vocabulary option")) > 1)
+    wait_for(browser, lambda d: d.find_element("id", "maps-note").text)
     return browser
 
 
@@ -137,6 +137,11 @@ def test_the_page_asks_for_the_key_then_lists_the_vocabularies(browser, live) ->
              browser.find_elements("css selector", "#vocabulary option")][1:]
     answer = httpx.get(f"{live.url}/v1/vocabularies", headers={"Authorization": f"Bearer {KEY}"})
     assert names == answer.json()["vocabularies"]
+    # and what the model offers: maps, up to the server's limit (ML2P_EXPLAIN_MAX_MAPS, 20)
+    wait_for(browser, lambda d: d.find_element("id", "maps-note").text)
+    assert browser.find_element("id", "maps-note").text == "At most 20; 0 for none."
+    assert browser.find_element("id", "maps").get_attribute("max") == "20"
+    assert browser.find_element("id", "model").text.startswith("Model: ml2p-lite0 ")
     assert not browser.find_element("id", "error").is_displayed()
     assert _resources_elsewhere(browser) == []
 
@@ -160,7 +165,7 @@ def test_ranked_tags_are_the_apis_answer(page, live, photo) -> None:
 def test_a_dropped_photo_is_tagged_like_a_picked_one(page, photo) -> None:
     picked = _shown(tag_on_page(page, photo, LABELS))
     page.get(page.current_url)
-    wait_for(page, lambda d: len(d.find_elements("css selector", "#vocabulary option")) > 1)
+    wait_for(page, lambda d: d.find_element("id", "maps-note").text)
     page.find_element("id", "labels").clear()
     page.find_element("id", "labels").send_keys(", ".join(LABELS))
     # what a drag from the file manager delivers: a drop event whose DataTransfer holds the file
@@ -287,14 +292,18 @@ def test_a_model_without_maps_still_tags_and_says_so(browser, photo, tmp_path_fa
     srv = Server(write_tiny_artifact(work / "artifact", explain=False), work)
     try:
         browser.get(srv.wait_ready().url + "/")
+        wait_for(browser, lambda d: d.find_element("id", "maps-note").text)
         tags = tag_on_page(browser, photo, LABELS)
         assert [t["label"] for t in _shown(tags)] == [
             t["label"] for t in _api_tags(srv, photo)]
-        status = browser.find_element("id", "status").text
-        assert status.startswith("No maps:") and "without relevance maps" in status, status
+        # the page read /v1/models first, so it asked for no map (no 422 to show)
+        assert not browser.find_element("id", "error").is_displayed()
+        assert not browser.find_element("id", "maps").is_enabled()
+        note = browser.find_element("id", "maps-note").text
+        assert note.startswith("No maps from this model:") and "without relevance maps" in note
         ActionChains(browser).move_to_element(tags[0]).perform()
         assert not browser.find_element("id", "overlay").is_displayed()
-        assert browser.find_element("id", "map-caption").text.startswith("No map for")
+        assert browser.find_element("id", "map-caption").text.endswith("this model has none.")
     finally:
         srv.stop()
 
@@ -317,12 +326,10 @@ def test_axe_finds_no_serious_or_critical_violations(page, photo) -> None:
     ActionChains(page).move_to_element(tags[0]).perform()
     assert page.find_element("id", "overlay").is_displayed()
     assert _serious_axe_violations(page) == []
-    # and with an error shown
-    page.find_element("id", "maps").clear()
-    page.find_element("id", "maps").send_keys("999")  # over the server's limit of maps
-    tag_on_page(page, photo, LABELS)
+    # and with an error shown: no labels at all
+    tag_on_page(page, photo, [])
     assert page.find_element("id", "error").get_attribute("data-status") == "422"
-    assert "explain_top_k" in page.find_element("id", "error").text
+    assert "(field: labels" in page.find_element("id", "error").text
     assert _serious_axe_violations(page) == []
 
 

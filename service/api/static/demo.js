@@ -90,14 +90,26 @@ function askForKey(reason, retry) {
   $("key").focus();
 }
 
-// --- vocabularies -----------------------------------------------------------------------
-async function loadVocabularies() {
-  state.retry = loadVocabularies;
+// --- what the server offers ------------------------------------------------------------
+async function loadServer() {
+  state.retry = loadServer;
   try {
-    const body = await api("v1/vocabularies");
+    const vocabularies = await api("v1/vocabularies");
     const select = $("vocabulary");
     select.length = 1;  // keep "(the labels typed above)"
-    for (const name of body.vocabularies) select.add(new Option(name, name));
+    for (const name of vocabularies.vocabularies) select.add(new Option(name, name));
+    const model = (await api("v1/models")).models[0];
+    $("model").textContent = `Model: ${model.name} ${model.version} (${model.engine}).`;
+    const maps = $("maps");
+    if (model.explain.available) {
+      maps.max = String(model.explain.max_maps);
+      $("maps-note").textContent = `At most ${model.explain.max_maps}; 0 for none.`;
+    } else {
+      // asked anyway, the server would answer 422 explain_unavailable
+      maps.value = "0";
+      maps.disabled = true;
+      $("maps-note").textContent = `No maps from this model: ${model.explain.reason}.`;
+    }
   } catch (err) {
     showError(err);
   }
@@ -165,22 +177,13 @@ async function tagImage() {
   $("overlay").hidden = true;
   $("status").textContent = "Tagging…";
   try {
-    let body;
-    try {
-      body = await api("v1/tag", { method: "POST", body: requestForm(explain) });
-      $("status").textContent = "";
-    } catch (err) {
-      if (!(explain && err.code === "explain_unavailable")) throw err;
-      // the tags are still worth showing: ask again without maps, and say so
-      body = await api("v1/tag", { method: "POST", body: requestForm(false) });
-      $("status").textContent = `No maps: ${err.message}`;
-    }
+    const body = await api("v1/tag", { method: "POST", body: requestForm(explain) });
     showTags(body);
     showCost(body);
   } catch (err) {
-    $("status").textContent = "";
     showError(err);
   } finally {
+    $("status").textContent = "";
     $("submit").disabled = false;
   }
 }
@@ -271,8 +274,8 @@ function showMap(tag, button) {
   if (!map) {
     canvas.hidden = true;
     delete canvas.dataset.label;
-    caption.textContent = `No map for "${tag.label}": maps are made for the first ` +
-      `${$("maps").value} tags only.`;
+    caption.textContent = $("maps").disabled ? `No map for "${tag.label}": this model has none.`
+      : `No map for "${tag.label}": maps were asked for the first ${$("maps").value} tags only.`;
     return;
   }
   const { rows, cols, values } = map;
@@ -314,4 +317,4 @@ function hideMap(button) {
 setUpDrop();
 $("tag-form").addEventListener("submit", (event) => { event.preventDefault(); tagImage(); });
 $("threshold").addEventListener("input", applyThreshold);
-loadVocabularies();
+loadServer();
