@@ -116,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
                 raise SystemExit("the page showed no tags: "
                                  + driver.find_element("id", "error").text)
             # focus shows the map as hovering does, without scrolling the page's top away
-            driver.execute_script("arguments[0].focus({preventScroll: true});", tags[0])
+            driver.execute_script("arguments[0].focus({preventScroll: true});"
+                                  "window.scrollTo(0, 0);", tags[0])
             wait_for(driver, lambda d: d.find_element("id", "overlay").is_displayed())
             png = driver.get_screenshot_as_png()
         finally:
