@@ -70,11 +70,12 @@ def page(browser, live):
     return browser
 
 
-def _api_tags(server: Server, photo: Path, **fields: object) -> list[dict]:
+def _api_tags(server: Server, photo: Path) -> list[dict]:
+    """The API's answer for `photo` and LABELS, asked as the page asks (top 20), without maps."""
     response = httpx.post(
         f"{server.url}/v1/tag", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
         files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
-        data={"labels": LABELS, "top_k": "20", **{k: str(v) for k, v in fields.items()}})
+        data={"labels": LABELS, "top_k": "20"})
     assert response.status_code == 200, response.text
     return response.json()["tags"]
 
