@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "autoscale": ("benchmarks.autoscale_sim", "replicas for a request rate, and the "
                                               "autoscaler of deploy/k8s under a step in load, "
                                               "simulated from the measured service times"),
+    "screenshot": ("benchmarks.demo_page", "the demo page in headless Chromium, in use on a "
+                                           "scikit-image sample photo (docs/demo.png)"),
     "explain": ("benchmarks.explain", "relevance maps: the pointing game on VOC (seen and unseen "
                                       "labels, against the centre) and their serving cost"),
     "gpu-reference": ("benchmarks.gpu_reference", "the CPU reference bundle the GPU check "

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.common import check_api_key
 from service.api.middleware import RequestContext, error_response
+from service.api.pages import add_pages
 from service.api.schemas import (
     BatchJSONRequest,
     BatchTagResponse,
@@ -293,6 +294,7 @@ def create_app(service: TaggingService | None = None, settings: Settings | None 
         description="Rank any candidate labels for an image ((ML)²P-Encoder).",
         lifespan=lifespan,
         responses={422: {"model": ErrorBody, "description": "invalid request"}},
+        docs_url=None, redoc_url=None,  # add_pages serves them without a CDN
     )
     app.state.settings = settings
     app.state.service = service
@@ -309,6 +311,7 @@ def create_app(service: TaggingService | None = None, settings: Settings | None 
             expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
     _install_error_handlers(app)
     _add_routes(app)
+    add_pages(app)
     return app
 
 
