@@ -35,8 +35,10 @@ proto: client  ## regenerate the gRPC stubs after a change to proto/tagger.proto
 
 model: $(DEFAULT_ARTIFACT)/manifest.json  ## build the default artifact from the committed weights (cached)
 
+# the exporter is a prerequisite too: a changed export (e.g. a new graph) rebuilds the artifact
 $(DEFAULT_ARTIFACT)/manifest.json: $(WEIGHTS) models/weights/default.calibration.npz \
-		models/weights/default.int8.json benchmarks/results/accuracy.json
+		models/weights/default.int8.json benchmarks/results/accuracy.json \
+		models/export.py models/quantize.py
 	$(PYTHON) -m ml2p_cli export $(WEIGHTS) --out $(DEFAULT_ARTIFACT) --version 0.2.0 \
 		--calibration models/weights/default.calibration.npz \
 		--int8-ranges models/weights/default.int8.json \
