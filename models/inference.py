@@ -42,9 +42,7 @@ class VisualModule(nn.Module):
         self.explain = explain
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.explain:
-            return self.tagger.encode_images(image, explain=True)
-        return self.tagger.encode_images(image)
+        return self.tagger.encode_images(image, explain=self.explain)
 
 
 class TextModule(nn.Module):
